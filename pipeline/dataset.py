@@ -1,0 +1,102 @@
+"""The competition as packed arrays: extract Kaggle's four files once, then load them memory-mapped.
+
+Layout of the data folder (all `.npy`, row i is image id i + 1):
+  train_images.npy (n_train, 32, 32, 3) uint8    train_labels.npy (n_train,) int64 class indices
+  test_images.npy  (n_test, 32, 32, 3) uint8
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.archive import decode_archive_into, read_member_ids
+from pipeline.atomic import atomic_dir
+from pipeline.competition import (
+    IMAGE_SHAPE,
+    SAMPLE_SUBMISSION,
+    TEST_ARCHIVE,
+    TRAIN_ARCHIVE,
+    TRAIN_LABELS,
+    CompetitionFileError,
+    read_id_label_csv,
+)
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+
+    @property
+    def train_ids(self) -> np.ndarray:
+        return np.arange(1, len(self.train_images) + 1)
+
+    @property
+    def test_ids(self) -> np.ndarray:
+        return np.arange(1, len(self.test_images) + 1)
+
+
+def extract_competition(raw_dir: Path, data_dir: Path) -> None:
+    """Check Kaggle's four files in `raw_dir` against each other and write the arrays to `data_dir`.
+
+    Nothing appears at `data_dir` unless every check passes.
+    """
+    raw_dir = Path(raw_dir)
+    train_ids = read_member_ids(raw_dir / TRAIN_ARCHIVE, "train")
+    test_ids = read_member_ids(raw_dir / TEST_ARCHIVE, "test")
+    labelled_ids, labels = read_id_label_csv(raw_dir / TRAIN_LABELS)
+    submission_ids, _ = read_id_label_csv(raw_dir / SAMPLE_SUBMISSION)
+    _check_same_ids(raw_dir / TRAIN_LABELS, labelled_ids, train_ids, TRAIN_ARCHIVE)
+    _check_subset(raw_dir / SAMPLE_SUBMISSION, submission_ids, test_ids, TEST_ARCHIVE)
+    log.info("%d train images (%d labelled), %d test images", len(train_ids), len(labelled_ids), len(test_ids))
+
+    train_labels = np.empty(len(train_ids), dtype=np.int64)
+    train_labels[labelled_ids - 1] = labels
+    with atomic_dir(data_dir) as tmp:
+        for split, ids, archive in (("train", train_ids, TRAIN_ARCHIVE), ("test", test_ids, TEST_ARCHIVE)):
+            images = np.lib.format.open_memmap(
+                tmp / f"{split}_images.npy", mode="w+", dtype=np.uint8, shape=(len(ids), *IMAGE_SHAPE)
+            )
+            decode_archive_into(raw_dir / archive, split, images)
+            images.flush()
+            del images
+        np.save(tmp / "train_labels.npy", train_labels)
+    log.info("wrote %s", data_dir)
+
+
+def load_dataset(data_dir: Path) -> Dataset:
+    """Memory-map the arrays written by `extract_competition`."""
+    data_dir = Path(data_dir)
+    try:
+        return Dataset(
+            train_images=np.load(data_dir / "train_images.npy", mmap_mode="r"),
+            train_labels=np.load(data_dir / "train_labels.npy"),
+            test_images=np.load(data_dir / "test_images.npy", mmap_mode="r"),
+        )
+    except FileNotFoundError as exc:
+        raise PipelineError(f"{exc.filename}: not found; run the extract stage first (`dvc repro extract`).") from exc
+
+
+def _check_same_ids(csv_path: Path, csv_ids: np.ndarray, image_ids: np.ndarray, archive: str) -> None:
+    _check_subset(csv_path, csv_ids, image_ids, archive)
+    unlabelled = np.setdiff1d(image_ids, csv_ids)
+    if len(unlabelled):
+        raise CompetitionFileError(
+            f"{csv_path}: {len(unlabelled)} images of {archive} have no label, the first is id {unlabelled[0]}."
+        )
+
+
+def _check_subset(csv_path: Path, csv_ids: np.ndarray, image_ids: np.ndarray, archive: str) -> None:
+    missing = np.setdiff1d(csv_ids, image_ids)
+    if len(missing):
+        raise CompetitionFileError(
+            f"{csv_path}: {len(missing)} ids have no image in {archive}, the first is id {missing[0]}."
+        )

@@ -1,0 +1,83 @@
+"""Get Kaggle's four competition files into one folder, from Kaggle, a local copy, or the embedded sample."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+from pipeline import kaggle_io, sample
+from pipeline.atomic import atomic_dir
+from pipeline.competition import FILES, ZIP_NAME
+from pipeline.config import DataConfig
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+
+class DownloadError(PipelineError):
+    """The competition files could not be fetched, or what was fetched is incomplete."""
+
+
+def fetch_competition(data: DataConfig, out_dir: Path) -> None:
+    """Put train.7z, test.7z, trainLabels.csv and sampleSubmission.csv in `out_dir`, all or nothing."""
+    out_dir = Path(out_dir)
+    if data.source == "kaggle":
+        api = kaggle_io.connect()  # fails before anything is written
+        with tempfile.TemporaryDirectory(prefix=".download-", dir=_parent(out_dir)) as tmp:
+            unpack_competition(kaggle_io.download_competition(api, Path(tmp)), out_dir)
+    elif data.source == "local":
+        unpack_competition(Path(data.path), out_dir)
+    else:
+        with tempfile.TemporaryDirectory(prefix=".sample-", dir=_parent(out_dir)) as tmp:
+            zip_path = Path(tmp) / ZIP_NAME
+            log.info(
+                "writing the embedded sample competition (%d train, %d test images)",
+                data.sample.n_train,
+                data.sample.n_test,
+            )
+            sample.write_sample_competition(zip_path, data.sample.n_train, data.sample.n_test, data.sample.seed)
+            unpack_competition(zip_path, out_dir)
+    log.info("competition files in %s: %s", out_dir, ", ".join(FILES))
+
+
+def unpack_competition(source: Path, out_dir: Path) -> None:
+    """Copy Kaggle's four files from `source` (cifar-10.zip as Kaggle ships it, or a folder) into `out_dir`."""
+    if not source.exists():
+        raise DownloadError(f"{source}: not found; set data.path to Kaggle's {ZIP_NAME} or a folder holding {FILES}.")
+    if source.is_dir():
+        missing = [name for name in FILES if not (source / name).is_file()]
+        if missing:
+            raise DownloadError(f"{source}: lacks {', '.join(missing)}; it must hold all of {', '.join(FILES)}.")
+        with atomic_dir(out_dir) as tmp:
+            for name in FILES:
+                shutil.copyfile(source / name, tmp / name)
+            _check_non_empty(tmp, source)
+        return
+    try:
+        with zipfile.ZipFile(source) as z:
+            missing = [name for name in FILES if name not in z.namelist()]
+            if missing:
+                raise DownloadError(f"{source}: lacks {', '.join(missing)}; is it Kaggle's {ZIP_NAME}?")
+            bad = z.testzip()
+            if bad is not None:
+                raise DownloadError(f"{source}: member {bad} fails its CRC check; delete the zip and download again.")
+            with atomic_dir(out_dir) as tmp:
+                for name in FILES:
+                    z.extract(name, tmp)
+                _check_non_empty(tmp, source)
+    except zipfile.BadZipFile as exc:
+        raise DownloadError(f"{source}: not a valid zip file ({exc}); delete it and download it again.") from exc
+
+
+def _check_non_empty(folder: Path, source: Path) -> None:
+    empty = [name for name in FILES if (folder / name).stat().st_size == 0]
+    if empty:
+        raise DownloadError(f"{source}: {', '.join(empty)} is empty; download the competition files again.")
+
+
+def _parent(out_dir: Path) -> Path:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return out_dir.parent

