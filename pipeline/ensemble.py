@@ -20,11 +20,18 @@ def fit_weights(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Simplex weights `(n_backbones,)` minimising the log loss of `softmax_average(logits, w)` on `labels`."""
     picked = softmax(logits.astype(np.float64), axis=2)[:, np.arange(len(labels)), labels]  # (m, n)
 
-    def loss(z: np.ndarray) -> float:
-        return -np.log(np.clip(softmax(z) @ picked, 1e-15, None)).mean()
+    def loss_and_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
+        p = np.clip(w @ picked, 1e-15, None)
+        return -np.log(p).mean(), -(picked / p).mean(axis=1)
 
-    result = minimize(loss, np.zeros(len(logits)), method="L-BFGS-B")
-    return softmax(result.x)
+    m = len(logits)
+    result = minimize(
+        loss_and_grad, np.full(m, 1.0 / m), jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * m,
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)}],
+        options={"ftol": 1e-12, "maxiter": 500},
+    )  # fmt: skip
+    weights = np.clip(result.x, 0.0, None)
+    return weights / weights.sum()
 
 
 def choose_weights(method: str, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -1,0 +1,96 @@
+import io
+
+import numpy as np
+import py7zr
+import pytest
+from PIL import Image
+
+from pipeline.archive import MAX_MEMBER_BYTES, ArchiveError, decode_archive_into, read_member_ids
+from pipeline.sample import encode_png
+
+
+def png(image: np.ndarray, mode: str = "RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).convert(mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def random_images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+
+
+def seven_zip(path, members: dict[str, bytes]):
+    with py7zr.SevenZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(data, name)
+    return path
+
+
+def decode(path, split="train") -> np.ndarray:
+    ids = read_member_ids(path, split)
+    out = np.zeros((len(ids), 32, 32, 3), dtype=np.uint8)
+    decode_archive_into(path, split, out)
+    return out
+
+
+def test_pixels_equal_pil_in_id_order_whatever_the_member_order(tmp_path):
+    images = random_images(25)
+    order = np.random.default_rng(1).permutation(25)  # and ids 10 and 2 sort differently as text
+    path = seven_zip(tmp_path / "train.7z", {f"train/{i + 1}.png": encode_png(images[i]) for i in order})
+    assert np.array_equal(decode(path), images)
+
+
+def test_other_colour_types_are_converted_to_rgb(tmp_path):
+    gray = np.repeat(random_images(1)[..., :1], 3, axis=3)[0]
+    path = seven_zip(tmp_path / "train.7z", {"train/1.png": png(gray, "L"), "train/2.png": png(gray, "RGBA")})
+    assert np.array_equal(decode(path), np.stack([gray, gray]))
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["train/1.png", "train/3.png"], "ids must be exactly 1..2; the first break is near id 2 (found 3)"),
+        (["train/2.png", "train/3.png"], "the first break is near id 1 (found 2)"),
+        (["train/1.png", "train/01.png"], "member 'train/01.png' is not named 'train/<id>.png'"),
+        (["train/1.png", "test/2.png"], "member 'test/2.png' is not named 'train/<id>.png'"),
+        (["train/1.png", "train/2.jpg"], "member 'train/2.jpg' is not named"),
+    ],
+)
+def test_bad_member_names_and_ids_are_rejected(tmp_path, names, message):
+    image = encode_png(random_images(1)[0])
+    path = seven_zip(tmp_path / "train.7z", dict.fromkeys(names, image))
+    with pytest.raises(ArchiveError) as excinfo:
+        read_member_ids(path, "train")
+    assert str(path) in str(excinfo.value) and message in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"not a png at all", "member 'train/2.png': is not a readable PNG"),
+        (png(np.zeros((32, 31, 3), np.uint8)), "member 'train/2.png': is 31x32, expected 32x32"),
+        (b"\x89PNG" + bytes(MAX_MEMBER_BYTES), "member 'train/2.png' is over 65536 bytes"),
+    ],
+)
+def test_bad_members_are_rejected_naming_them(tmp_path, data, message):
+    path = seven_zip(tmp_path / "train.7z", {"train/1.png": encode_png(random_images(1)[0]), "train/2.png": data})
+    with pytest.raises(ArchiveError) as excinfo:
+        decode(path)
+    assert message in str(excinfo.value)
+
+
+@pytest.mark.parametrize("keep", [0.05, 0.3, 0.6, 0.9, 0.99])
+def test_truncated_archive_is_one_clear_error_naming_it(tmp_path, keep):
+    images = random_images(40)
+    whole = seven_zip(tmp_path / "whole.7z", {f"train/{i + 1}.png": encode_png(im) for i, im in enumerate(images)})
+    data = whole.read_bytes()
+    path = tmp_path / "train.7z"
+    path.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(ArchiveError) as excinfo:
+        decode(path)
+    assert f"{path}: corrupt or truncated 7z archive" in str(excinfo.value) or "is truncated" in str(excinfo.value)
+
+
+def test_missing_archive_says_to_run_the_download(tmp_path):
+    with pytest.raises(ArchiveError, match="not found; run the download stage first"):
+        read_member_ids(tmp_path / "train.7z", "train")

@@ -1,0 +1,52 @@
+import numpy as np
+import torch
+
+from pipeline.batches import autocast_dtype, pick_device, random_crop_flip, to_device, to_model_input
+
+
+def test_crop_without_padding_only_flips_and_flips_about_half():
+    batch = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (200, 32, 32, 3), dtype=np.uint8))
+    out = random_crop_flip(batch, padding=0, generator=torch.Generator().manual_seed(0))
+    same = (out == batch).flatten(1).all(1)
+    flipped = (out == batch.flip(2)).flatten(1).all(1)
+    assert bool((same | flipped).all())
+    assert 60 < int(flipped.sum()) < 140
+
+
+def test_crop_with_padding_is_a_shifted_window_of_the_reflect_padded_image():
+    image = torch.arange(32 * 32 * 3, dtype=torch.int32).reshape(1, 32, 32, 3) % 251
+    batch = image.to(torch.uint8).repeat(50, 1, 1, 1)
+    out = random_crop_flip(batch, padding=4, generator=torch.Generator().manual_seed(1))
+    padded = torch.nn.functional.pad(image.permute(0, 3, 1, 2).float(), (4,) * 4, mode="reflect")
+    padded = padded.to(torch.uint8).permute(0, 2, 3, 1)[0]
+    windows = {(dy, dx): padded[dy : dy + 32, dx : dx + 32] for dy in range(9) for dx in range(9)}
+    for crop in out:
+        assert any(torch.equal(crop, w) or torch.equal(crop, w.flip(1)) for w in windows.values())
+    assert len({crop.numpy().tobytes() for crop in out}) > 10  # different images get different crops
+
+
+def test_same_generator_seed_same_augmentation():
+    batch = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8)
+    a = random_crop_flip(batch, 4, torch.Generator().manual_seed(7))
+    b = random_crop_flip(batch, 4, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+
+
+def test_model_input_is_resized_normalised_and_channels_last():
+    batch = torch.full((2, 32, 32, 3), 255, dtype=torch.uint8)
+    batch[:, :, :, 1] = 0
+    x = to_model_input(batch, 64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 0.5), dtype=torch.float32)
+    assert x.shape == (2, 3, 64, 64)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(x[:, 0], torch.tensor(2.0)) and torch.allclose(x[:, 1], torch.tensor(-1.0))
+
+
+def test_cpu_branch_of_device_helpers():
+    device = pick_device()
+    assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu) is None  # bf16 is slow on CPUs: fp32 there
+    images = np.zeros((3, 32, 32, 3), np.uint8)
+    assert to_device(images, cpu).dtype == torch.uint8 and to_device(images, cpu).shape == (3, 32, 32, 3)
+    scaler = torch.amp.GradScaler("cpu", enabled=autocast_dtype(cpu) == torch.float16)
+    assert not scaler.is_enabled()

@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+
+from pipeline.competition import CLASSES, CompetitionFileError, id_label_csv_text, read_id_label_csv
+
+
+def test_csv_round_trips_ids_and_labels(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text(id_label_csv_text(np.array([3, 1, 2]), np.array([9, 0, 3])))
+    ids, labels = read_id_label_csv(path)
+    assert ids.tolist() == [3, 1, 2]
+    assert [CLASSES[k] for k in labels] == ["truck", "airplane", "cat"]
+
+
+def test_bom_and_crlf_line_ends_are_accepted(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_bytes("\ufeffid,label\r\n1,frog\r\n2,truck\r\n".encode())
+    ids, labels = read_id_label_csv(path)
+    assert ids.tolist() == [1, 2] and labels.tolist() == [6, 9]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "expected the header 'id,label', got an empty file"),
+        ("image,label\n1,cat\n", "expected the header 'id,label'"),
+        ("id,label\n", "has a header but no rows"),
+        ("id,label\n1,cat\n2,lion\n", ":3: label 'lion' is not one of the ten classes"),
+        ("id,label\n1,cat\n1,dog\n", ":3: id 1 appears twice"),
+        ("id,label\nx,cat\n", ":2: expected '<id>,<label>' with an integer id"),
+    ],
+)
+def test_malformed_csv_is_rejected_naming_the_line(tmp_path, text, message):
+    path = tmp_path / "trainLabels.csv"
+    path.write_text(text)
+    with pytest.raises(CompetitionFileError) as excinfo:
+        read_id_label_csv(path)
+    assert str(path) in str(excinfo.value) and message in str(excinfo.value)

