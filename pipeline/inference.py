@@ -55,7 +55,7 @@ def predict_with_checkpoints(
         model, meta = load_checkpoint(path, backbone)
         model.to(device).to(memory_format=torch.channels_last)
         logits = predict_logits(
-            model, images, image_size=meta["image_size"], mean=tuple(meta["mean"]), std=tuple(meta["std"]),
+            model, images, image_size=meta["image_size"], mean=meta["mean"], std=meta["std"],
             batch_size=batch_size, device=device, hflip=hflip, desc=f"{backbone} {path.stem}",
         )  # fmt: skip
         total = logits if total is None else total + logits

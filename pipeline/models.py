@@ -8,9 +8,12 @@ map in order, shape for shape, onto timm's `tf_efficientnet_lite0`.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 from pathlib import Path
 
+import safetensors
+import safetensors.torch
 import timm
 import torch
 from torch import nn
@@ -95,31 +98,38 @@ def normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...
 
 
 def save_checkpoint(path: Path, model: nn.Module, backbone: str, image_size: int) -> None:
-    """Weights plus what is needed to rebuild and feed the model; written atomically."""
+    """Weights plus what is needed to rebuild and feed the model, as safetensors, written atomically.
+
+    safetensors rather than torch.save: the same weights give the same bytes (torch.save adds a random
+    serialization id), so DVC sees a retrained but identical model as unchanged; and loading runs no pickle.
+    """
     mean, std = normalisation(model)
-    checkpoint = {
-        "backbone": backbone,
-        "num_classes": len(CLASSES),
-        "image_size": image_size,
-        "mean": list(mean),
-        "std": list(std),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
+    meta = {"backbone": backbone, "num_classes": len(CLASSES), "image_size": image_size, "mean": mean, "std": std}
+    # one metadata entry: safetensors writes several in a random order, and the bytes would differ
+    metadata = {"checkpoint": json.dumps(meta, sort_keys=True)}
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_file(path) as tmp:
-        torch.save(checkpoint, tmp)
+        safetensors.torch.save_file(tensors, tmp, metadata=metadata)
 
 
 def load_checkpoint(path: Path, backbone: str) -> tuple[nn.Module, dict]:
-    """Rebuild the model saved by `save_checkpoint`; refuses a checkpoint of another backbone or class count."""
+    """Rebuild the model saved by `save_checkpoint`; refuses a checkpoint of another backbone or class count.
+
+    Returns the model and its metadata: backbone, num_classes, image_size, mean, std.
+    """
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with safetensors.safe_open(path, framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("checkpoint", "{}"))
+            state_dict = {key: f.get_tensor(key) for key in f.keys()}
     except FileNotFoundError as exc:
         raise ModelError(f"{path}: not found; run its train stage first (`dvc repro train`).") from exc
-    if checkpoint.get("backbone") != backbone or checkpoint.get("num_classes") != len(CLASSES):
+    except (OSError, ValueError, safetensors.SafetensorError) as exc:
+        raise ModelError(f"{path}: not a readable checkpoint ({exc}); re-run its train stage.") from exc
+    if meta.get("backbone") != backbone or meta.get("num_classes") != len(CLASSES):
         raise ModelError(
-            f"{path}: holds {checkpoint.get('backbone')!r} with {checkpoint.get('num_classes')} classes, expected"
+            f"{path}: holds {meta.get('backbone')!r} with {meta.get('num_classes')} classes, expected"
             f" {backbone!r} with {len(CLASSES)}; re-run its train stage."
         )
     model = timm.create_model(backbone, pretrained=False, num_classes=len(CLASSES))
-    model.load_state_dict(checkpoint.pop("state_dict"))
-    return model, checkpoint
+    model.load_state_dict(state_dict)
+    return model, meta

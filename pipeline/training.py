@@ -105,7 +105,7 @@ def train_one_fold(
             losses = []
             bar = tqdm(range(steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", leave=False)
             for step in bar:
-                idx = np.sort(order[step * cfg.batch_size : (step + 1) * cfg.batch_size])  # sorted: memmap reads
+                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
                 images = random_crop_flip(to_device(split.train_images[idx], device), cfg.crop_padding, augment_rng)
                 labels = torch.from_numpy(split.train_labels[idx]).to(device)
                 with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():

@@ -9,7 +9,7 @@ from pipeline import batches, cli, config, dataset, inference, scores
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backbone", required=True)
-    parser.add_argument("--models", type=Path, required=True, help="folder of the backbone's fold<k>.pt")
+    parser.add_argument("--models", type=Path, required=True, help="folder of the backbone's fold<k>.safetensors")
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help=".npz of test ids and fold-averaged logits")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = config.load_config(args.params)
     data = dataset.load_dataset(args.data)
     logits = inference.predict_with_checkpoints(
-        [args.models / f"fold{k}.pt" for k in cfg.cv.folds], args.backbone, data.test_images,
+        [args.models / f"fold{k}.safetensors" for k in cfg.cv.folds], args.backbone, data.test_images,
         batch_size=cfg.predict.batch_size, hflip=cfg.predict.hflip, device=batches.pick_device(),
     )  # fmt: skip
     scores.save_scores(args.out, data.test_ids, logits)

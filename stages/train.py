@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     data = dataset.load_dataset(args.data)
     split = folds.split_fold(data.train_images, data.train_labels, folds.read_folds(args.folds), args.fold)
     result = training.train_one_fold(
-        args.backbone, split, cfg, batches.pick_device(),
-        name=f"{args.backbone} fold {args.fold}", resume_path=args.model_out.with_suffix(".resume.pt"),
+        args.backbone, split, cfg, batches.pick_device(), name=f"{args.backbone} fold {args.fold}",
+        resume_path=args.model_out.with_name(args.model_out.name + ".resume.pt"),
     )  # fmt: skip
     result.save(
         model_path=args.model_out, oof_path=args.oof_out, metrics_path=args.metrics_out,

@@ -44,10 +44,19 @@ def test_hub_weights_unreachable_names_the_three_ways_out(monkeypatch):
 
 def test_checkpoint_round_trip_and_wrong_backbone_refused(tmp_path):
     model = create_backbone("test_efficientnet", "scratch")
-    save_checkpoint(tmp_path / "fold0.pt", model, "test_efficientnet", image_size=40)
-    loaded, meta = load_checkpoint(tmp_path / "fold0.pt", "test_efficientnet")
+    save_checkpoint(tmp_path / "fold0.safetensors", model, "test_efficientnet", image_size=40)
+    loaded, meta = load_checkpoint(tmp_path / "fold0.safetensors", "test_efficientnet")
     assert meta["image_size"] == 40
     for key, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], tensor)
     with pytest.raises(ModelError, match="holds 'test_efficientnet' with 10 classes, expected 'test_resnet'"):
-        load_checkpoint(tmp_path / "fold0.pt", "test_resnet")
+        load_checkpoint(tmp_path / "fold0.safetensors", "test_resnet")
+
+
+def test_same_weights_give_byte_identical_checkpoints(tmp_path):
+    """DVC hashes bytes: a retrained but identical model must not look changed to it."""
+    torch.manual_seed(0)
+    model = create_backbone("test_efficientnet", "scratch")
+    for name in ("a.safetensors", "b.safetensors"):
+        save_checkpoint(tmp_path / name, model, "test_efficientnet", image_size=32)
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
