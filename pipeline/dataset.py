@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.archive import decode_archive_into, read_member_ids
+from pipeline.archive import decode_archive_into, open_archive, read_member_ids
 from pipeline.atomic import atomic_dir
 from pipeline.competition import (
     IMAGE_SHAPE,
@@ -50,26 +50,34 @@ def extract_competition(raw_dir: Path, data_dir: Path) -> None:
     Nothing appears at `data_dir` unless every check passes.
     """
     raw_dir = Path(raw_dir)
-    train_ids = read_member_ids(raw_dir / TRAIN_ARCHIVE, "train")
-    test_ids = read_member_ids(raw_dir / TEST_ARCHIVE, "test")
-    labelled_ids, labels = read_id_label_csv(raw_dir / TRAIN_LABELS)
-    submission_ids, _ = read_id_label_csv(raw_dir / SAMPLE_SUBMISSION)
-    _check_same_ids(raw_dir / TRAIN_LABELS, labelled_ids, train_ids, TRAIN_ARCHIVE)
-    _check_subset(raw_dir / SAMPLE_SUBMISSION, submission_ids, test_ids, TEST_ARCHIVE)
-    log.info("%d train images (%d labelled), %d test images", len(train_ids), len(labelled_ids), len(test_ids))
+    train_path, test_path = raw_dir / TRAIN_ARCHIVE, raw_dir / TEST_ARCHIVE
+    with open_archive(train_path) as train_archive, open_archive(test_path) as test_archive:
+        train_ids = read_member_ids(train_archive, train_path, "train")
+        test_ids = read_member_ids(test_archive, test_path, "test")
+        labelled_ids, labels = read_id_label_csv(raw_dir / TRAIN_LABELS)
+        submission_ids, _ = read_id_label_csv(raw_dir / SAMPLE_SUBMISSION)
+        _check_same_ids(raw_dir / TRAIN_LABELS, labelled_ids, train_ids, TRAIN_ARCHIVE)
+        _check_subset(raw_dir / SAMPLE_SUBMISSION, submission_ids, test_ids, TEST_ARCHIVE)
+        log.info("%d train images (%d labelled), %d test images", len(train_ids), len(labelled_ids), len(test_ids))
 
-    train_labels = np.empty(len(train_ids), dtype=np.int64)
-    train_labels[labelled_ids - 1] = labels
-    with atomic_dir(data_dir) as tmp:
-        for split, ids, archive in (("train", train_ids, TRAIN_ARCHIVE), ("test", test_ids, TEST_ARCHIVE)):
-            images = np.lib.format.open_memmap(
-                tmp / f"{split}_images.npy", mode="w+", dtype=np.uint8, shape=(len(ids), *IMAGE_SHAPE)
-            )
-            decode_archive_into(raw_dir / archive, split, images)
-            images.flush()
-            del images
-        np.save(tmp / "train_labels.npy", train_labels)
+        train_labels = np.empty(len(train_ids), dtype=np.int64)
+        train_labels[labelled_ids - 1] = labels
+        with atomic_dir(data_dir) as tmp:
+            for split, n_images, archive, path in (
+                ("train", len(train_ids), train_archive, train_path),
+                ("test", len(test_ids), test_archive, test_path),
+            ):
+                write_images_npy(archive, path, n_images, tmp / f"{split}_images.npy")
+            np.save(tmp / "train_labels.npy", train_labels)
     log.info("wrote %s", data_dir)
+
+
+def write_images_npy(archive, archive_path: Path, n_images: int, npy_path: Path) -> None:
+    """Decode an opened archive's images into a new `(n_images, 32, 32, 3)` uint8 `.npy` at `npy_path`."""
+    images = np.lib.format.open_memmap(npy_path, mode="w+", dtype=np.uint8, shape=(n_images, *IMAGE_SHAPE))
+    decode_archive_into(archive, archive_path, images)
+    images.flush()
+    del images  # unmap before the folder is renamed
 
 
 def load_dataset(data_dir: Path) -> Dataset:

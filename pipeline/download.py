@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import shutil
 import tempfile
@@ -15,6 +17,7 @@ from pipeline.config import DataConfig
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
+_SOURCE_STAMP = "source.json"  # which data config produced the folder
 
 
 class DownloadError(PipelineError):
@@ -22,8 +25,15 @@ class DownloadError(PipelineError):
 
 
 def fetch_competition(data: DataConfig, out_dir: Path) -> None:
-    """Put train.7z, test.7z, trainLabels.csv and sampleSubmission.csv in `out_dir`, all or nothing."""
+    """Put train.7z, test.7z, trainLabels.csv and sampleSubmission.csv in `out_dir`, all or nothing.
+
+    A rerun for the same source finds them intact and does nothing (no Kaggle call).
+    """
     out_dir = Path(out_dir)
+    stamp = json.dumps(dataclasses.asdict(data), sort_keys=True)
+    if _already_fetched(out_dir, stamp):
+        log.info("%s already holds the competition files from this source; nothing to do", out_dir)
+        return
     if data.source == "kaggle":
         api = kaggle_io.connect()  # fails before anything is written
         with tempfile.TemporaryDirectory(prefix=".download-", dir=_parent(out_dir)) as tmp:
@@ -40,7 +50,15 @@ def fetch_competition(data: DataConfig, out_dir: Path) -> None:
             )
             sample.write_sample_competition(zip_path, data.sample.n_train, data.sample.n_test, data.sample.seed)
             unpack_competition(zip_path, out_dir)
+    (out_dir / _SOURCE_STAMP).write_text(stamp)  # last: its presence means the four files are complete
     log.info("competition files in %s: %s", out_dir, ", ".join(FILES))
+
+
+def _already_fetched(out_dir: Path, stamp: str) -> bool:
+    stamp_path = out_dir / _SOURCE_STAMP
+    if not stamp_path.is_file() or stamp_path.read_text() != stamp:
+        return False
+    return all((out_dir / name).is_file() and (out_dir / name).stat().st_size > 0 for name in FILES)
 
 
 def unpack_competition(source: Path, out_dir: Path) -> None:

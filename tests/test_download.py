@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import kaggle_io
 from pipeline.competition import FILES
-from pipeline.config import DataConfig
+from pipeline.config import DataConfig, SampleConfig
 from pipeline.download import DownloadError, fetch_competition, unpack_competition
 
 
@@ -88,9 +88,27 @@ def test_kaggle_download_success(monkeypatch, sample_zip, tmp_path, capsys):
     calls = install_fake_kaggle(monkeypatch, download=lambda c, path: shutil.copy(sample_zip, f"{path}/{c}.zip"))
     fetch_competition(DataConfig(source="kaggle"), tmp_path / "raw")
     assert calls == ["authenticate", ("download", "cifar-10")]
-    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(FILES)
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted([*FILES, "source.json"])
     assert [p.name for p in tmp_path.iterdir()] == ["raw"]  # the temporary download folder is gone
     assert "hello" not in capsys.readouterr().out  # the kaggle package's chatter is swallowed
+
+
+def test_a_rerun_with_intact_files_does_nothing_and_a_damaged_folder_is_fetched_again(
+    monkeypatch, sample_zip, tmp_path
+):
+    calls = install_fake_kaggle(monkeypatch, download=lambda c, path: shutil.copy(sample_zip, f"{path}/{c}.zip"))
+    fetch_competition(DataConfig(source="kaggle"), tmp_path / "raw")
+    fetch_competition(DataConfig(source="kaggle"), tmp_path / "raw")
+    assert calls == ["authenticate", ("download", "cifar-10")]  # the second run asked Kaggle nothing
+    (tmp_path / "raw" / "test.7z").write_bytes(b"")
+    fetch_competition(DataConfig(source="kaggle"), tmp_path / "raw")
+    assert len(calls) == 4 and (tmp_path / "raw" / "test.7z").stat().st_size > 0
+
+
+def test_another_source_replaces_the_folder(sample_zip, tmp_path):
+    fetch_competition(DataConfig(source="local", path=str(sample_zip)), tmp_path / "raw")
+    fetch_competition(DataConfig(source="sample", sample=SampleConfig(n_train=30, n_test=10)), tmp_path / "raw")
+    assert (tmp_path / "raw" / "trainLabels.csv").read_text().count("\n") == 31
 
 
 def test_kaggle_without_credentials_says_how_to_provide_them(monkeypatch, tmp_path):

@@ -47,7 +47,7 @@ def test_local_source_reads_kaggles_zip(sample_zip, tmp_path):
         ["--out", str(tmp_path / "raw"), "--params", str(params(tmp_path, source="local", path=str(sample_zip)))]
     )
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(
-        ["train.7z", "test.7z", "trainLabels.csv", "sampleSubmission.csv"]
+        ["train.7z", "test.7z", "trainLabels.csv", "sampleSubmission.csv", "source.json"]
     )
 
 
