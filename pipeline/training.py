@@ -1,5 +1,10 @@
 """THE training loop: fine-tune one backbone on one fold's training images; OOF logits from `predict_logits`.
 
+The recipe is timm's building blocks: `create_optimizer_v2` (AdamW by default, optional layer decay), a cosine
+schedule with warmup stepped per update, label smoothing, optional mixup/cutmix (`Mixup`), drop path, EMA
+weights (`ModelEmaV3`), head-only warm-up epochs, gradient accumulation, AMP on CUDA, channels_last, optional
+`torch.compile`. Under torchrun every process draws the same global batch and trains on its shard (DDP).
+
 Every epoch draws its shuffle, augmentations and dropout from seeds derived from (seed, epoch), and a resume
 file is written after every epoch, so a run killed and re-run continues where it stopped and ends with the
 same weights as an uninterrupted one (on the CPU; GPU kernels are not bit-deterministic).
@@ -16,15 +21,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pipeline.atomic import atomic_file, write_json
 from pipeline.batches import autocast_dtype, random_crop_flip, to_device, to_model_input
 from pipeline.config import BackboneConfig
+from pipeline.distributed import World
 from pipeline.errors import PipelineError
 from pipeline.folds import Split
 from pipeline.inference import predict_logits
@@ -37,117 +47,196 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FoldResult:
-    model: nn.Module
+    model: nn.Module  # the EMA weights when EMA is on
     oof_logits: np.ndarray  # (n_valid, n_classes), rows in the order of Split.valid_ids
     metrics: dict[str, float]
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
+    is_main: bool = True  # under torchrun, only the main process's result is saved
 
     def save(self, *, model_path: Path, oof_path: Path, metrics_path: Path, history_path: Path,
              backbone: str, valid_ids: np.ndarray, image_size: int) -> None:  # fmt: skip
-        """Checkpoint, OOF logits with their ids, fold metrics (JSON) and per-epoch curves (JSON rows)."""
+        """Checkpoint, OOF logits with their ids, fold metrics (JSON) and per-epoch curves (JSON rows).
+
+        A no-op in torchrun's other processes, so that one process writes each output.
+        """
+        if not self.is_main:
+            return
         save_checkpoint(model_path, self.model, backbone, image_size)
         save_scores(oof_path, valid_ids, self.oof_logits)
         write_json(metrics_path, self.metrics)
         write_json(history_path, self.history)
 
 
+@dataclass
+class Recipe:
+    """Everything that is built from the config and updated while training."""
+
+    model: nn.Module  # the plain model (what is saved)
+    forward: nn.Module  # what the batch goes through: the model, compiled and/or DDP-wrapped
+    optimizer: torch.optim.Optimizer
+    scheduler: object  # timm scheduler, stepped per optimizer update
+    scaler: torch.amp.GradScaler
+    ema: ModelEmaV3 | None
+    mixup: Mixup | None
+    updates_per_epoch: int
+
+    def state(self) -> dict:
+        """The objects a resume file saves and restores."""
+        state = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
+        if self.ema is not None:
+            state["ema"] = self.ema
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler
+        return state
+
+
+def build_recipe(backbone: str, cfg: BackboneConfig, n_train: int, world: World) -> Recipe:
+    torch.manual_seed(cfg.seed)  # the new head's initialisation, identical on every rank
+    model = create_backbone(backbone, cfg.weights, drop_path=cfg.drop_path)
+    model.to(world.device).to(memory_format=torch.channels_last)
+    updates_per_epoch = math.ceil(n_train / cfg.batch_size)
+    optimizer = create_optimizer_v2(
+        model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay or None
+    )
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched="cosine", num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.lr * 0.01,
+        min_lr=cfg.lr * 0.01, step_on_epochs=False, updates_per_epoch=updates_per_epoch,
+    )  # fmt: skip
+    scaler = torch.amp.GradScaler(world.device.type, enabled=autocast_dtype(world.device) == torch.float16)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
+    mixup = None
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
+                      num_classes=model.num_classes)  # fmt: skip
+    forward = torch.compile(model) if cfg.compile else model
+    if world.size > 1:
+        if world.device.type == "cuda":
+            forward = nn.SyncBatchNorm.convert_sync_batchnorm(forward)
+        forward = DistributedDataParallel(forward, device_ids=[world.device] if world.device.type == "cuda" else None)
+    return Recipe(model, forward, optimizer, scheduler, scaler, ema, mixup, updates_per_epoch)
+
+
 def train_one_fold(
     backbone: str,
     split: Split,
     cfg: BackboneConfig,
-    device: torch.device,
+    world: World,
     *,
     name: str,
     resume_path: Path | None = None,
 ) -> FoldResult:
-    """Fine-tune timm `backbone` on `split` with AdamW, warmup + cosine, label smoothing, crop/flip augmentation.
+    """Fine-tune timm `backbone` on `split`; returns the (EMA) model, its OOF logits, metrics and curves.
 
     `name` (e.g. "resnet18 fold 0") labels logs and errors. With `resume_path`, training state is saved
-    there after each epoch and picked up from there if present; it is deleted when training ends.
+    there after each epoch (by the main process) and picked up from there if present; it is deleted when
+    training ends. Under torchrun only the main process's result is meant to be saved.
     """
-    torch.manual_seed(cfg.seed)  # the new head's initialisation
-    model = create_backbone(backbone, cfg.weights)
-    model.to(device).to(memory_format=torch.channels_last)
-    mean, std = normalisation(model)
-    steps_per_epoch = math.ceil(len(split.train_images) / cfg.batch_size)
-    optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler, _ = create_scheduler_v2(
-        optimizer,
-        sched="cosine",
-        num_epochs=cfg.epochs,
-        warmup_epochs=cfg.warmup_epochs,
-        warmup_lr=cfg.lr * 0.01,
-        min_lr=cfg.lr * 0.01,
-        step_on_epochs=False,
-        updates_per_epoch=steps_per_epoch,
-    )
-    amp = autocast_dtype(device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    state = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
-    if scaler.is_enabled():
-        state["scaler"] = scaler
-    fingerprint = {"name": name, "n_train": len(split.train_images), **dataclasses.asdict(cfg)}
-    start_epoch, history = _resume(resume_path, state, fingerprint)
-    log.info(
-        "%s: %d train / %d valid images, %d epochs of %d steps, batch %d, %dpx, device %s%s",
-        name, len(split.train_images), len(split.valid_images), cfg.epochs, steps_per_epoch, cfg.batch_size,
-        cfg.image_size, device, f", resuming at epoch {start_epoch + 1}" if start_epoch else "",
-    )  # fmt: skip
+    recipe = build_recipe(backbone, cfg, len(split.train_images), world)
+    mean, std = normalisation(recipe.model)
+    fingerprint = {"name": name, "n_train": len(split.train_images), "world": world.size, **dataclasses.asdict(cfg)}
+    start_epoch, history = _resume(resume_path, recipe.state(), fingerprint)
+    if world.is_main:
+        log.info(
+            "%s: %d train / %d valid images, %d epochs of %d updates, batch %d (x%d accumulation), %dpx, %d"
+            " process(es) on %s%s",
+            name, len(split.train_images), len(split.valid_images), cfg.epochs, recipe.updates_per_epoch,
+            cfg.batch_size, cfg.accumulate, cfg.image_size, world.size, world.device,
+            f", resuming at epoch {start_epoch + 1}" if start_epoch else "",
+        )  # fmt: skip
+
+    def evaluate() -> np.ndarray:
+        model = recipe.ema.module if recipe.ema is not None else recipe.model
+        return predict_logits(
+            model, split.valid_images, image_size=cfg.image_size, mean=mean, std=std,
+            batch_size=cfg.batch_size * 2, device=world.device, desc=f"{name} valid",
+        )  # fmt: skip
 
     valid_logits = None
     with logging_redirect_tqdm():
         for epoch in range(start_epoch, cfg.epochs):
-            torch.manual_seed(cfg.seed * 1000 + epoch)  # drop path / dropout
-            augment_rng = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(split.train_images))
-            model.train()
-            losses = []
-            bar = tqdm(range(steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", leave=False)
-            for step in bar:
-                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                images = random_crop_flip(to_device(split.train_images[idx], device), cfg.crop_padding, augment_rng)
-                labels = torch.from_numpy(split.train_labels[idx]).to(device)
-                with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
-                    loss = loss_fn(model(to_model_input(images, cfg.image_size, mean, std, torch.float32)), labels)
-                if not torch.isfinite(loss):
-                    raise PipelineError(
-                        f"{name} epoch {epoch + 1}: the training loss is {loss.item()}; lower train.lr"
-                        " (or this backbone's override) and re-run."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step_update(epoch * steps_per_epoch + step + 1)
-                losses.append(loss.item())
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-            valid_logits = predict_logits(
-                model, split.valid_images, image_size=cfg.image_size, mean=mean, std=std,
-                batch_size=cfg.batch_size * 2, device=device, desc=f"{name} valid",
-            )  # fmt: skip
-            row = {
-                "epoch": epoch + 1,
-                "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": float(np.mean(losses)),
-                **{f"valid_{k}": v for k, v in logits_metrics(valid_logits, split.valid_labels).items()},
-            }
-            history.append(row)
-            log.info(
-                "%s epoch %d: lr %.2e train_loss %.4f valid_loss %.4f valid_acc %.4f",
-                name, row["epoch"], row["lr"], row["train_loss"], row["valid_log_loss"], row["valid_accuracy"],
-            )  # fmt: skip
-            _save_resume(resume_path, state, fingerprint, epoch + 1, history)
+            train_loss = train_epoch(recipe, split, cfg, world, epoch, mean, std, name=name)
+            if world.is_main:
+                valid_logits = evaluate()
+                row = {
+                    "epoch": epoch + 1,
+                    "lr": recipe.optimizer.param_groups[-1]["lr"],
+                    "train_loss": train_loss,
+                    **{f"valid_{k}": v for k, v in logits_metrics(valid_logits, split.valid_labels).items()},
+                }
+                history.append(row)
+                log.info(
+                    "%s epoch %d: lr %.2e train_loss %.4f valid_loss %.4f valid_acc %.4f",
+                    name, row["epoch"], row["lr"], row["train_loss"], row["valid_log_loss"], row["valid_accuracy"],
+                )  # fmt: skip
+                _save_resume(resume_path, recipe.state(), fingerprint, epoch + 1, history)
+            world.barrier()
 
-    if valid_logits is None:  # resumed after the last epoch: only the OOF logits are missing
-        valid_logits = predict_logits(
-            model, split.valid_images, image_size=cfg.image_size, mean=mean, std=std,
-            batch_size=cfg.batch_size * 2, device=device, desc=f"{name} valid",
-        )  # fmt: skip
-    metrics = logits_metrics(valid_logits, split.valid_labels)
-    if resume_path is not None:
+    if valid_logits is None:  # resumed after the last epoch, or not the main process
+        valid_logits = evaluate()
+    if resume_path is not None and world.is_main:
         Path(resume_path).unlink(missing_ok=True)
-    return FoldResult(model=model, oof_logits=valid_logits, metrics=metrics, history=history)
+    model = recipe.ema.module if recipe.ema is not None else recipe.model
+    return FoldResult(model, valid_logits, logits_metrics(valid_logits, split.valid_labels), history, world.is_main)
+
+
+def train_epoch(
+    recipe: Recipe, split: Split, cfg: BackboneConfig, world: World, epoch: int,
+    mean: tuple[float, ...], std: tuple[float, ...], *, name: str, max_updates: int | None = None,
+) -> float:  # fmt: skip
+    """One pass over the training images; returns the mean training loss. `max_updates` cuts it short."""
+    torch.manual_seed(cfg.seed * 1000 + epoch)  # drop path / dropout
+    np.random.seed(cfg.seed * 1000 + epoch)  # timm's Mixup draws from numpy's global generator
+    augment_rng = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(split.train_images))
+    head_only = epoch < cfg.head_epochs
+    for param_name, param in recipe.model.named_parameters():
+        param.requires_grad_(not head_only or param_name.startswith(recipe.model.default_cfg["classifier"]))
+    amp = autocast_dtype(world.device)
+    micro_batch = cfg.batch_size // cfg.accumulate
+    recipe.forward.train()
+    loss_sum, n_seen = 0.0, 0
+    n_updates = recipe.updates_per_epoch if max_updates is None else min(max_updates, recipe.updates_per_epoch)
+    bar = tqdm(range(n_updates), desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", leave=False,
+               disable=not world.is_main)  # fmt: skip
+    for update in bar:
+        batch_idx = order[update * cfg.batch_size : (update + 1) * cfg.batch_size]
+        # every rank augments the whole global batch (cheap, uint8) so the result does not depend on sharding
+        images = random_crop_flip(to_device(split.train_images[batch_idx], world.device), cfg.crop_padding,
+                                  augment_rng)  # fmt: skip
+        labels = torch.from_numpy(split.train_labels[batch_idx]).to(world.device)
+        recipe.optimizer.zero_grad(set_to_none=True)
+        for start in range(0, len(batch_idx), micro_batch):
+            micro = slice(start, start + micro_batch)
+            shard = world.shard(len(images[micro]))
+            x = to_model_input(images[micro][shard], cfg.image_size, mean, std, torch.float32)
+            y = labels[micro][shard]
+            loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")
+            if recipe.mixup is not None and len(y) % 2 == 0:  # timm's Mixup pairs images: even batches only
+                x, y = recipe.mixup(x, y)
+                loss_fn = SoftTargetCrossEntropy()
+            with torch.autocast(world.device.type, dtype=amp) if amp else contextlib.nullcontext():
+                logits = recipe.forward(x)
+            loss = loss_fn(logits.float(), y)
+            if isinstance(loss_fn, SoftTargetCrossEntropy):
+                loss = loss * len(y)  # it returns a mean; make it a sum like the other
+            # a sum over this shard / the global batch x world size: DDP's gradient mean then equals the
+            # gradient of the global batch mean, however the batch was sharded or accumulated
+            scaled = loss * world.size / len(batch_idx)
+            if not torch.isfinite(scaled):
+                raise PipelineError(
+                    f"{name} epoch {epoch + 1}: the training loss is {scaled.item()}; lower train.lr"
+                    " (or this backbone's override) and re-run."
+                )
+            recipe.scaler.scale(scaled).backward()
+            loss_sum, n_seen = loss_sum + loss.item(), n_seen + len(y)
+        recipe.scaler.step(recipe.optimizer)
+        recipe.scaler.update()
+        step = epoch * recipe.updates_per_epoch + update + 1
+        recipe.scheduler.step_update(step)
+        if recipe.ema is not None:
+            recipe.ema.update(recipe.model, step=step)
+        bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}")
+    return loss_sum / n_seen  # this process's share: under DDP, an estimate of the global mean
 
 
 def _save_resume(path: Path | None, state: dict, fingerprint: dict, epochs_done: int, history: list) -> None:
@@ -165,7 +254,7 @@ def _resume(path: Path | None, state: dict, fingerprint: dict) -> tuple[int, lis
     snapshot = torch.load(path, map_location="cpu", weights_only=True)
     if snapshot.get("fingerprint") != fingerprint:  # another backbone, fold size or recipe: start over
         log.warning("%s: resume file %s is from other settings; starting from epoch 1", fingerprint["name"], path)
-        Path(path).unlink()
+        Path(path).unlink(missing_ok=True)
         return 0, []
     for key, obj in state.items():
         obj.load_state_dict(snapshot[key])

@@ -1,9 +1,13 @@
-"""Fine-tune one timm backbone on one CV fold; save its weights, out-of-fold logits, metrics and curves."""
+"""Fine-tune one timm backbone on one CV fold; save its weights, out-of-fold logits, metrics and curves.
+
+Runs as one process (`python -m stages.train ...`) or as N under torchrun
+(`torchrun --nproc_per_node=N -m stages.train ...`, plus the usual --nnodes/--rdzv-* flags across machines).
+"""
 
 import argparse
 from pathlib import Path
 
-from pipeline import batches, cli, config, dataset, folds, training
+from pipeline import cli, config, dataset, distributed, folds, training
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,14 +26,19 @@ def main(argv: list[str] | None = None) -> None:
     cfg = config.load_config(args.params).train.for_backbone(args.backbone)
     data = dataset.load_dataset(args.data)
     split = folds.split_fold(data.train_images, data.train_labels, folds.read_folds(args.folds), args.fold)
-    result = training.train_one_fold(
-        args.backbone, split, cfg, batches.pick_device(), name=f"{args.backbone} fold {args.fold}",
-        resume_path=args.model_out.with_name(args.model_out.name + ".resume.pt"),
-    )  # fmt: skip
-    result.save(
-        model_path=args.model_out, oof_path=args.oof_out, metrics_path=args.metrics_out,
-        history_path=args.curves_out, backbone=args.backbone, valid_ids=split.valid_ids, image_size=cfg.image_size,
-    )  # fmt: skip
+    world = distributed.join_world()  # one process, or one of torchrun's
+    try:
+        result = training.train_one_fold(
+            args.backbone, split, cfg, world, name=f"{args.backbone} fold {args.fold}",
+            resume_path=args.model_out.with_name(args.model_out.name + ".resume.pt"),
+        )  # fmt: skip
+        result.save(
+            model_path=args.model_out, oof_path=args.oof_out, metrics_path=args.metrics_out,
+            history_path=args.curves_out, backbone=args.backbone, valid_ids=split.valid_ids,
+            image_size=cfg.image_size,
+        )  # fmt: skip
+    finally:
+        distributed.leave_world()
 
 
 if __name__ == "__main__":

@@ -136,7 +136,7 @@ def test_kaggle_http_errors_become_one_actionable_message(monkeypatch, tmp_path,
     assert [p.name for p in tmp_path.iterdir()] == []
 
 
-def test_interrupted_kaggle_download_leaves_nothing_behind(monkeypatch, sample_zip, tmp_path):
+def test_interrupted_kaggle_download_leaves_nothing_behind_and_a_rerun_succeeds(monkeypatch, sample_zip, tmp_path):
     def half_then_fail(competition, path):
         with open(f"{path}/{competition}.zip", "wb") as f:
             f.write(sample_zip.read_bytes()[:5000])
@@ -146,3 +146,7 @@ def test_interrupted_kaggle_download_leaves_nothing_behind(monkeypatch, sample_z
     with pytest.raises(kaggle_io.KaggleError, match="check your network connection"):
         fetch_competition(DataConfig(source="kaggle"), tmp_path / "raw")
     assert [p.name for p in tmp_path.iterdir()] == []
+    install_fake_kaggle(monkeypatch, download=lambda c, path: shutil.copy(sample_zip, f"{path}/{c}.zip"))
+    fetch_competition(DataConfig(source="kaggle"), tmp_path / "raw")
+    with zipfile.ZipFile(sample_zip) as z:
+        assert (tmp_path / "raw" / "train.7z").read_bytes() == z.read("train.7z")

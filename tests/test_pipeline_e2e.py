@@ -17,6 +17,7 @@ from pipeline.sample import write_sample_competition
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TINY = {
+    "launcher": "python",
     "data": {"source": "sample", "sample": {"n_train": 400, "n_test": 60, "seed": 0}},
     "cv": {"folds": [0, 1], "seed": 0},
     "backbones": ["tf_efficientnet_lite0", "test_efficientnet"],
@@ -90,6 +91,8 @@ def test_metrics_report_every_backbone_and_the_ensemble(repo):
     assert [row["epoch"] for row in curves] == [1, 2, 3]
     shown = sh(repo, "dvc", "metrics", "show")
     assert "artifacts/metrics/ensemble.json" in shown and "fold0.json" in shown
+    plots = sh(repo, "dvc", "plots", "show", "--json")
+    assert "artifacts/curves/test_efficientnet/fold1.json" in plots and "valid_accuracy" in plots
 
 
 def test_second_repro_runs_nothing(repo):

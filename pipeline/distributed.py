@@ -1,0 +1,56 @@
+"""One process, or one of N under torchrun (DDP): the process group, this rank's device, its share of a batch.
+
+torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them everything here is a no-op for a single process.
+Backend: NCCL on CUDA, gloo on the CPU (how the tests run two processes on one machine).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from pipeline.batches import pick_device
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes outputs and logs per-epoch results."""
+        return self.rank == 0
+
+    def shard(self, n: int) -> slice:
+        """This rank's rows of a global batch of `n` (every rank sees the same global batch)."""
+        per_rank = -(-n // self.size)
+        return slice(self.rank * per_rank, min(n, (self.rank + 1) * per_rank))
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            dist.barrier()
+
+
+def join_world() -> World:
+    """Join torchrun's process group if launched by it; pick CUDA (this rank's GPU) when present, else the CPU."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World(device=pick_device())
+    cuda = pick_device().type == "cuda"
+    local_rank = int(os.environ["LOCAL_RANK"])
+    device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return World(rank=dist.get_rank(), size=dist.get_world_size(), device=device)
+
+
+def leave_world() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
