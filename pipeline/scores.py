@@ -13,10 +13,10 @@ from pipeline.atomic import atomic_file
 from pipeline.errors import PipelineError
 
 
-def save_scores(path: Path, ids: np.ndarray, scores: np.ndarray) -> None:
-    """Write `ids` `(n,)` and `scores` `(n, n_classes)` float32, atomically."""
+def save_scores(path: Path, ids: np.ndarray, scores: np.ndarray, dtype: type = np.float32) -> None:
+    """Write `ids` `(n,)` and `scores` `(n, n_classes)` as `dtype`, atomically."""
     with atomic_file(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, ids=ids.astype(np.int64), scores=scores.astype(np.float32))
+        np.savez(f, ids=ids.astype(np.int64), scores=scores.astype(dtype))
 
 
 def load_scores(path: Path) -> tuple[np.ndarray, np.ndarray]:

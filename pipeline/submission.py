@@ -60,11 +60,11 @@ def check_submission(path: Path, sample_submission: Path) -> int:
 
 
 def submission_message(ensemble_metrics_path: Path) -> str:
-    """The Kaggle submission description: backbones and the ensemble's OOF accuracy, from ensemble.json."""
+    """The Kaggle submission description: backbones and the ensemble's nested-CV accuracy, from ensemble.json."""
     try:
         ensemble_metrics = json.loads(Path(ensemble_metrics_path).read_text())
     except (OSError, ValueError) as exc:
         raise SubmissionError(f"{ensemble_metrics_path}: cannot read it ({exc}); run `dvc repro` first.") from exc
     backbones = ", ".join(ensemble_metrics["backbones"])
-    chosen = ensemble_metrics["ensemble"]
-    return f"{chosen['method']} softmax ensemble of {backbones}; OOF accuracy {chosen['accuracy']:.4f}"
+    chosen = ensemble_metrics["submission"]
+    return f"{chosen['method']} softmax ensemble of {backbones}; nested-CV accuracy {chosen['nested_cv_accuracy']:.4f}"

