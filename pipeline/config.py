@@ -83,7 +83,8 @@ class TrainConfig(BackboneConfig):
 @dataclass(frozen=True)
 class PredictConfig:
     batch_size: int = 256
-    hflip: bool = True
+    hflip: bool = True  # test-time augmentation: also predict the mirror image
+    shift: int = 0  # > 0: also predict 4 copies shifted by this many pixels
 
 
 @dataclass(frozen=True)

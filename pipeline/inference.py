@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -29,11 +30,14 @@ def predict_logits(
     batch_size: int,
     device: torch.device,
     hflip: bool = True,
+    shift: int = 0,
     desc: str = "predict",
 ) -> np.ndarray:
     """Logits `(n_images, n_classes)` float32 for `(n_images, 32, 32, 3)` uint8 images (a memmap is fine).
 
-    With `hflip`, the logits are the mean over the image and its mirror. Puts `model` in eval mode.
+    The logits are the mean over test-time views: the image, its mirror with `hflip`, and with `shift` > 0
+    four more copies moved by `shift` pixels up, down, left and right (edges reflected). Puts `model` in
+    eval mode.
     """
     model.eval()
     amp = autocast_dtype(device)
@@ -41,15 +45,26 @@ def predict_logits(
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False, mininterval=1):
         batch = to_device(images[start : start + batch_size], device)
         views = [batch, batch.flip(2)] if hflip else [batch]
+        if shift > 0:
+            views += [shifted(batch, dy, dx) for dy, dx in ((shift, 0), (-shift, 0), (0, shift), (0, -shift))]
         with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
             logits = sum(model(to_model_input(v, image_size, mean, std, torch.float32)).float() for v in views)
         chunks.append((logits / len(views)).cpu().numpy())
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
+def shifted(batch: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """`(B, H, W, C)` images moved by (dy, dx) pixels, the uncovered edge filled by reflection."""
+    pad = max(abs(dy), abs(dx))
+    padded = F.pad(batch.permute(0, 3, 1, 2).float(), (pad,) * 4, mode="reflect").to(batch.dtype)
+    h, w = batch.shape[1:3]
+    return padded[:, :, pad - dy : pad - dy + h, pad - dx : pad - dx + w].permute(0, 2, 3, 1)
+
+
 def predict_with_checkpoints(
-    checkpoints: list[Path], backbone: str, images: np.ndarray, *, batch_size: int, hflip: bool, device: torch.device
-) -> np.ndarray:
+    checkpoints: list[Path], backbone: str, images: np.ndarray, *, batch_size: int, hflip: bool, shift: int,
+    device: torch.device,
+) -> np.ndarray:  # fmt: skip
     """Mean logits `(n_images, n_classes)` of every fold's model of one backbone."""
     total = None
     for path in checkpoints:
@@ -58,10 +73,11 @@ def predict_with_checkpoints(
         start = time.perf_counter()
         logits = predict_logits(
             model, images, image_size=meta["image_size"], mean=meta["mean"], std=meta["std"],
-            batch_size=batch_size, device=device, hflip=hflip, desc=f"{backbone} {path.stem}",
+            batch_size=batch_size, device=device, hflip=hflip, shift=shift, desc=f"{backbone} {path.stem}",
         )  # fmt: skip
         total = logits if total is None else total + logits
         seconds = time.perf_counter() - start
-        log.info("%s %s: %d images in %.1f s (%.0f img/s%s) on %s", backbone, path.name, len(images), seconds,
-                 len(images) / seconds, ", x2 views with hflip" if hflip else "", device)  # fmt: skip
+        n_views = (2 if hflip else 1) + (4 if shift > 0 else 0)
+        log.info("%s %s: %d images in %.1f s (%.0f img/s, %d views each) on %s", backbone, path.name, len(images),
+                 seconds, len(images) / seconds, n_views, device)  # fmt: skip
     return total / len(checkpoints)

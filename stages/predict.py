@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> None:
     data = dataset.load_dataset(args.data)
     logits = inference.predict_with_checkpoints(
         [args.models / f"fold{k}.safetensors" for k in cfg.cv.folds], args.backbone, data.test_images,
-        batch_size=cfg.predict.batch_size, hflip=cfg.predict.hflip, device=batches.pick_device(),
+        batch_size=cfg.predict.batch_size, hflip=cfg.predict.hflip, shift=cfg.predict.shift,
+        device=batches.pick_device(),
     )  # fmt: skip
     scores.save_scores(args.out, data.test_ids, logits, dtype=np.float16)  # 300,000 x 10 logits: 6 MB
 

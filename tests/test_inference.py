@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from pipeline.batches import to_model_input
-from pipeline.inference import predict_logits
+from pipeline.inference import predict_logits, shifted
 from pipeline.models import create_backbone
 
 KW = {"image_size": 32, "mean": (0.5,) * 3, "std": (0.5,) * 3, "device": torch.device("cpu")}
@@ -30,3 +30,20 @@ def test_model_sees_the_same_input_as_to_model_input():
     predict_logits(model, images, batch_size=2, hflip=False, **KW)
     expected = to_model_input(torch.from_numpy(images), 32, (0.5,) * 3, (0.5,) * 3, torch.float32)
     assert torch.equal(seen[0], expected)
+
+
+def test_shift_views_move_the_image_and_are_averaged():
+    image = torch.arange(32 * 32 * 3, dtype=torch.int64).reshape(1, 32, 32, 3) % 256
+    moved = shifted(image.to(torch.uint8), 2, 0)
+    assert torch.equal(moved[0, 2:], image[0, :30].to(torch.uint8))  # down by 2 rows
+    assert torch.equal(moved[0, 0], image[0, 2].to(torch.uint8)) and torch.equal(
+        moved[0, 1], image[0, 1].to(torch.uint8)
+    )
+    torch.manual_seed(0)
+    model = create_backbone("test_efficientnet", "scratch").eval()
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    with_shift = predict_logits(model, images, batch_size=4, hflip=True, shift=2, **KW)
+    batch = torch.from_numpy(images)
+    views = [batch, batch.flip(2), *(shifted(batch, dy, dx) for dy, dx in ((2, 0), (-2, 0), (0, 2), (0, -2)))]
+    expected = np.mean([predict_logits(model, v.numpy(), batch_size=4, hflip=False, **KW) for v in views], axis=0)
+    assert np.allclose(with_shift, expected, atol=1e-5)
