@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import stat
 from pathlib import Path
 
 from pipeline.competition import SLUG
@@ -31,6 +33,7 @@ class KaggleError(PipelineError):
 
 def connect():
     """Return an authenticated `KaggleApi`; raises KaggleError if no credentials are found."""
+    _warn_if_readable_by_others()
     captured = io.StringIO()
     try:
         with contextlib.redirect_stdout(captured):
@@ -41,6 +44,15 @@ def connect():
     except (SystemExit, OSError) as exc:  # kaggle exits (or, in older releases, raises OSError) without credentials
         raise KaggleError(f"No Kaggle credentials found. {CREDENTIALS_HELP}") from exc
     return api
+
+
+def _warn_if_readable_by_others() -> None:
+    config_dirs = [os.environ.get("KAGGLE_CONFIG_DIR"), Path.home() / ".kaggle",
+                   Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "kaggle"]  # fmt: skip
+    for folder in filter(None, config_dirs):
+        path = Path(folder) / "kaggle.json"
+        if path.is_file() and path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
+            log.warning("%s is readable by other users of this machine; run `chmod 600 %s`", path, path)
 
 
 def download_competition(api, dest: Path) -> Path:

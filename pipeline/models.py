@@ -36,10 +36,15 @@ class ModelError(PipelineError):
     """A backbone cannot be built, or a checkpoint does not fit it."""
 
 
-def create_backbone(name: str, weights: str, num_classes: int = len(CLASSES), drop_path: float = 0.0) -> nn.Module:
-    """A timm model `name` (with optional tag) with a new `num_classes` head and the requested weights."""
+def check_backbone_name(name: str) -> None:
+    """Raise ModelError unless `name` (with optional tag) is a timm architecture."""
     if not timm.is_model(name.split(".")[0]):
         raise ModelError(f"{name!r} is not a timm model name; see `timm.list_models('<pattern>')` for the names.")
+
+
+def create_backbone(name: str, weights: str, num_classes: int = len(CLASSES), drop_path: float = 0.0) -> nn.Module:
+    """A timm model `name` (with optional tag) with a new `num_classes` head and the requested weights."""
+    check_backbone_name(name)
     kwargs = {"num_classes": num_classes, **({"drop_path_rate": drop_path} if drop_path > 0 else {})}
     if weights == "scratch":
         return timm.create_model(name, pretrained=False, **kwargs)

@@ -7,7 +7,7 @@ Runs as one process (`python -m stages.train ...`) or as N under torchrun
 import argparse
 from pathlib import Path
 
-from pipeline import cli, config, dataset, distributed, folds, training
+from pipeline import cli, config, dataset, distributed, folds, models, training
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     cfg = config.load_config(args.params).train.for_backbone(args.backbone)
+    models.check_backbone_name(args.backbone)  # before any data is read
     data = dataset.load_dataset(args.data)
     split = folds.split_fold(data.train_images, data.train_labels, folds.read_folds(args.folds), args.fold)
     world = distributed.join_world()  # one process, or one of torchrun's
