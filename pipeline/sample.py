@@ -29,8 +29,8 @@ _SIZE = IMAGE_SHAPE[0]
 _YY, _XX = np.mgrid[0:_SIZE, 0:_SIZE].astype(np.float32)
 
 
-def draw_image(label: int, rng: np.random.Generator) -> np.ndarray:
-    """One 32x32 RGB uint8 image of class `label`."""
+def draw_image(label: int, rng: np.random.Generator, noise: float = 22.0) -> np.ndarray:
+    """One 32x32 RGB uint8 image of class `label`, with Gaussian pixel noise of std `noise` (0-255 scale)."""
     corners = rng.uniform(0, 255, size=(2, 3))
     t = (_XX * np.cos(a := rng.uniform(0, 2 * np.pi)) + _YY * np.sin(a)) / (_SIZE * 1.5) + 0.5
     image = corners[0] * (1 - t[..., None]) + corners[1] * t[..., None]
@@ -40,7 +40,7 @@ def draw_image(label: int, rng: np.random.Generator) -> np.ndarray:
     colour = _hsv_to_rgb(hue, rng.uniform(0.5, 1.0), rng.uniform(0.55, 1.0)) * 255
     alpha = rng.uniform(0.7, 1.0)
     image = np.where(mask[..., None], alpha * colour + (1 - alpha) * image, image)
-    image += rng.normal(0, 22, size=image.shape)
+    image += rng.normal(0, noise, size=image.shape)
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
