@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import py7zr
 import pytest
+import torch
 import yaml
 
 from pipeline import cli
@@ -383,3 +384,32 @@ def test_extract_killed_mid_write_then_rerun_gives_correct_arrays_and_no_stale_t
     data = load_dataset(tmp_path / "data")
     assert data.train_images.shape == (3000, 32, 32, 3) and data.test_images.shape == (3000, 32, 32, 3)
     assert data.train_images[-1].std() > 0 and data.test_images[-1].std() > 0  # filled to the last row
+
+
+def test_predict_killed_mid_run_then_rerun_gives_the_uninterrupted_output(tmp_path, data_dir):
+    from pipeline.models import create_backbone, save_checkpoint
+
+    models = tmp_path / "models"
+    for fold in (0, 1):
+        torch.manual_seed(fold)
+        save_checkpoint(
+            models / f"fold{fold}.safetensors", create_backbone("test_resnet", "scratch"), "test_resnet", 96
+        )
+    params = write_params(tmp_path, "backbones: [test_resnet]\ncv: {folds: [0, 1]}\npredict: {batch_size: 4}\n")
+
+    def cmd(out: Path) -> list[str]:
+        return [sys.executable, "-m", "stages.predict", "--backbone", "test_resnet", "--models", str(models),
+                "--data", str(data_dir), "--out", str(out), "--params", str(params)]  # fmt: skip
+
+    subprocess.run(cmd(tmp_path / "clean.npz"), cwd=REPO, check=True, capture_output=True, timeout=300)
+    process = subprocess.Popen(cmd(tmp_path / "test.npz"), cwd=REPO, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:  # kill once its progress bar for fold 0 appears
+        if "test_resnet fold0" in line:
+            break
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "test.npz").exists()
+    subprocess.run(cmd(tmp_path / "test.npz"), cwd=REPO, check=True, capture_output=True, timeout=300)
+    with np.load(tmp_path / "test.npz") as resumed, np.load(tmp_path / "clean.npz") as clean:
+        assert np.array_equal(resumed["scores"], clean["scores"]) and np.array_equal(resumed["ids"], clean["ids"])
+    assert not list(tmp_path.glob(".*.tmp"))
