@@ -198,9 +198,10 @@ def test_world_readable_kaggle_json_gets_a_warning(capsys, monkeypatch, tmp_path
 # --- archives and CSVs -------------------------------------------------------------------------------------
 
 
-def test_truncated_zip_is_refused(capsys, tmp_path, sample_zip):
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.99])
+def test_truncated_zip_is_refused(capsys, tmp_path, sample_zip, fraction):
     broken = tmp_path / "cifar-10.zip"
-    broken.write_bytes(sample_zip.read_bytes()[: sample_zip.stat().st_size // 2])
+    broken.write_bytes(sample_zip.read_bytes()[: int(sample_zip.stat().st_size * fraction)])
     params = write_params(tmp_path, f"backbones: [a]\ndata: {{source: local, path: {broken}}}\n")
     fails(capsys, "zip-truncated", download.main, ["--out", tmp_path / "raw", "--params", params])
     assert not (tmp_path / "raw").exists()
