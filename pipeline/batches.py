@@ -52,14 +52,12 @@ def random_crop_flip(batch: torch.Tensor, padding: int, generator: torch.Generat
     return torch.where(flip[:, None, None, None], batch.flip(2), batch)
 
 
-def to_model_input(
-    batch: torch.Tensor, image_size: int, mean: tuple[float, ...], std: tuple[float, ...], dtype: torch.dtype
-) -> torch.Tensor:
-    """`(B, H, W, 3)` uint8 -> `(B, 3, image_size, image_size)` normalised floats, channels_last in memory."""
+def to_model_input(batch: torch.Tensor, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """`(B, H, W, 3)` uint8 -> `(B, 3, size, size)` normalised floats, channels_last in memory."""
     x = batch.permute(0, 3, 1, 2).to(torch.float32).div_(255)
-    if x.shape[-1] != image_size:
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=False)
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
     mean_t = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
     x = (x - mean_t) / std_t
-    return x.to(dtype).contiguous(memory_format=torch.channels_last)
+    return x.contiguous(memory_format=torch.channels_last)  # fp32: autocast, where on, lowers precision

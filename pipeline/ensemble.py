@@ -19,9 +19,10 @@ import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import softmax
 
+from pipeline.config import ENSEMBLE_METHODS
 from pipeline.metrics import logits_metrics, probs_metrics
 
-METHODS = ("best", "equal", "fitted", "caruana")
+METHODS = ENSEMBLE_METHODS
 _CARUANA_ROUNDS = 50
 
 

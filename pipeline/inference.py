@@ -48,7 +48,7 @@ def predict_logits(
         if shift > 0:
             views += [shifted(batch, dy, dx) for dy, dx in ((shift, 0), (-shift, 0), (0, shift), (0, -shift))]
         with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
-            logits = sum(model(to_model_input(v, image_size, mean, std, torch.float32)).float() for v in views)
+            logits = sum(model(to_model_input(v, image_size, mean, std)).float() for v in views)
         chunks.append((logits / len(views)).cpu().numpy())
     return np.concatenate(chunks).astype(np.float32, copy=False)
 

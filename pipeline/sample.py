@@ -44,7 +44,7 @@ def draw_image(label: int, rng: np.random.Generator, noise: float = 22.0) -> np.
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def sample_labels(n: int, seed: int) -> np.ndarray:
+def _sample_labels(n: int, seed: int) -> np.ndarray:
     """Balanced-ish random class indices for `n` images."""
     return np.random.default_rng(seed).integers(0, len(CLASSES), size=n)
 
@@ -55,8 +55,8 @@ def write_sample_competition(zip_path: Path, n_train: int, n_test: int, seed: in
     Deterministic in (n_train, n_test, seed). Returns the hidden test labels, `(n_test,)` class indices,
     which Kaggle would keep to itself; tests use them to score a submission.
     """
-    train_labels = sample_labels(n_train, seed)
-    test_labels = sample_labels(n_test, seed + 1)
+    train_labels = _sample_labels(n_train, seed)
+    test_labels = _sample_labels(n_test, seed + 1)
     zip_path = Path(zip_path)
     with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_STORED) as z:
         z.writestr(TRAIN_ARCHIVE, _seven_zip("train", train_labels, np.random.default_rng([seed, 1])))

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
@@ -208,17 +209,17 @@ def train_epoch(
         for start in range(0, len(batch_idx), micro_batch):
             micro = slice(start, start + micro_batch)
             shard = world.shard(len(images[micro]))
-            x = to_model_input(images[micro][shard], cfg.image_size, mean, std, torch.float32)
+            x = to_model_input(images[micro][shard], cfg.image_size, mean, std)
             y = labels[micro][shard]
-            loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")
-            if recipe.mixup is not None and len(y) % 2 == 0:  # timm's Mixup pairs images: even batches only
-                x, y = recipe.mixup(x, y)
-                loss_fn = SoftTargetCrossEntropy()
+            mixed = recipe.mixup is not None and len(y) % 2 == 0  # timm's Mixup pairs images: even batches only
+            if mixed:
+                x, y = recipe.mixup(x, y)  # y becomes smoothed soft targets
             with torch.autocast(world.device.type, dtype=amp) if amp else contextlib.nullcontext():
-                logits = recipe.forward(x)
-            loss = loss_fn(logits.float(), y)
-            if isinstance(loss_fn, SoftTargetCrossEntropy):
-                loss = loss * len(y)  # it returns a mean; make it a sum like the other
+                logits = recipe.forward(x).float()
+            if mixed:
+                loss = SoftTargetCrossEntropy()(logits, y) * len(y)  # a sum, like the other branch
+            else:
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing, reduction="sum")
             # a sum over this shard / the global batch x world size: DDP's gradient mean then equals the
             # gradient of the global batch mean, however the batch was sharded or accumulated
             scaled = loss * world.size / len(batch_idx)

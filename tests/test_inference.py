@@ -28,7 +28,7 @@ def test_model_sees_the_same_input_as_to_model_input():
     model.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
     images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     predict_logits(model, images, batch_size=2, hflip=False, **KW)
-    expected = to_model_input(torch.from_numpy(images), 32, (0.5,) * 3, (0.5,) * 3, torch.float32)
+    expected = to_model_input(torch.from_numpy(images), 32, (0.5,) * 3, (0.5,) * 3)
     assert torch.equal(seen[0], expected)
 
 
