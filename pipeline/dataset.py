@@ -7,7 +7,10 @@ Layout of the data folder (all `.npy`, row i is image id i + 1):
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import numpy as np
 from pipeline.archive import decode_archive_into, open_archive, read_member_ids
 from pipeline.atomic import atomic_dir
 from pipeline.competition import (
+    CLASSES,
     IMAGE_SHAPE,
     SAMPLE_SUBMISSION,
     TEST_ARCHIVE,
@@ -27,6 +31,11 @@ from pipeline.competition import (
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
+_REMAKE = "re-run the extract stage (`dvc repro -f extract`)"
+
+
+class DatasetError(PipelineError):
+    """The packed arrays are missing, unreadable, or not what the extract stage writes."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,7 @@ def extract_competition(raw_dir: Path, data_dir: Path) -> None:
 
         train_labels = np.empty(len(train_ids), dtype=np.int64)
         train_labels[labelled_ids - 1] = labels
+        _check_free_space(Path(data_dir).parent, (len(train_ids) + len(test_ids)) * np.prod(IMAGE_SHAPE))
         with atomic_dir(data_dir) as tmp:
             for split, n_images, archive, path in (
                 ("train", len(train_ids), train_archive, train_path),
@@ -75,22 +85,73 @@ def extract_competition(raw_dir: Path, data_dir: Path) -> None:
 def write_images_npy(archive, archive_path: Path, n_images: int, npy_path: Path) -> None:
     """Decode an opened archive's images into a new `(n_images, 32, 32, 3)` uint8 `.npy` at `npy_path`."""
     images = np.lib.format.open_memmap(npy_path, mode="w+", dtype=np.uint8, shape=(n_images, *IMAGE_SHAPE))
+    _reserve_blocks(npy_path)
     decode_archive_into(archive, archive_path, images)
     images.flush()
     del images  # unmap before the folder is renamed
 
 
 def load_dataset(data_dir: Path) -> Dataset:
-    """Memory-map the arrays written by `extract_competition`."""
+    """Memory-map the arrays written by `extract_competition`, checked: shapes, dtypes, label range."""
     data_dir = Path(data_dir)
-    try:
-        return Dataset(
-            train_images=np.load(data_dir / "train_images.npy", mmap_mode="r"),
-            train_labels=np.load(data_dir / "train_labels.npy"),
-            test_images=np.load(data_dir / "test_images.npy", mmap_mode="r"),
+    train_images = _load_array(data_dir / "train_images.npy", mmap=True)
+    train_labels = _load_array(data_dir / "train_labels.npy", mmap=False)
+    test_images = _load_array(data_dir / "test_images.npy", mmap=True)
+    for name, images in (("train_images.npy", train_images), ("test_images.npy", test_images)):
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE or not len(images):
+            raise DatasetError(
+                f"{data_dir / name}: holds {images.dtype} {images.shape}, expected uint8 (n, 32, 32, 3) with n > 0;"
+                f" {_REMAKE}."
+            )
+    if train_labels.dtype != np.int64 or train_labels.shape != (len(train_images),):
+        raise DatasetError(
+            f"{data_dir / 'train_labels.npy'}: holds {train_labels.dtype} {train_labels.shape}, expected int64"
+            f" ({len(train_images)},), one label per training image; {_REMAKE}."
         )
+    outside = np.flatnonzero((train_labels < 0) | (train_labels >= len(CLASSES)))
+    if len(outside):
+        raise DatasetError(
+            f"{data_dir / 'train_labels.npy'}: {len(outside)} labels are not class indices 0..{len(CLASSES) - 1},"
+            f" the first is {int(train_labels[outside[0]])} (image id {outside[0] + 1}); {_REMAKE}."
+        )
+    return Dataset(train_images=train_images, train_labels=train_labels, test_images=test_images)
+
+
+def _load_array(path: Path, mmap: bool) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None)
     except FileNotFoundError as exc:
-        raise PipelineError(f"{exc.filename}: not found; run the extract stage first (`dvc repro extract`).") from exc
+        raise DatasetError(f"{path}: not found; run the extract stage first (`dvc repro extract`).") from exc
+    except (OSError, ValueError, EOFError) as exc:  # truncated, not .npy, or an object array
+        raise DatasetError(f"{path}: not a readable .npy array ({exc}); {_REMAKE}.") from exc
+
+
+def _check_free_space(folder: Path, n_bytes: int) -> None:
+    """Refuse before writing anything when the file system lacks `n_bytes` (the arrays plus 1%)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    needed, free = int(n_bytes * 1.01), shutil.disk_usage(folder).free
+    if free < needed:
+        raise DatasetError(
+            f"{folder}: the arrays need {needed:,} bytes but only {free:,} are free; free {needed - free:,} bytes"
+            " (e.g. `dvc gc -w` or another disk) and re-run the extract stage."
+        )
+
+
+def _reserve_blocks(path: Path) -> None:
+    """Allocate the memmap's blocks now, so a full disk is an error here rather than a SIGBUS mid-decode."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DatasetError(
+                    f"{path}: the disk is full ({size:,} bytes needed for this array); free space and re-run the"
+                    " extract stage."
+                ) from exc
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            # file systems without fallocate: the free-space check before writing is the guard
 
 
 def _check_same_ids(csv_path: Path, csv_ids: np.ndarray, image_ids: np.ndarray, archive: str) -> None:

@@ -7,6 +7,7 @@ Backend: NCCL on CUDA, gloo on the CPU (how the tests run two processes on one m
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,18 @@ class World:
     def barrier(self) -> None:
         if self.size > 1:
             dist.barrier()
+
+
+def torchrun_command(nproc_per_node: int, module: str, argv: list[str]) -> list[str] | None:
+    """The argument list that re-runs `python -m module argv` as `nproc_per_node` DDP processes on this machine.
+
+    None when this process should do the work itself: one process asked for, or already started by torchrun.
+    An argument list, never a shell string: no setting reaches a shell.
+    """
+    if nproc_per_node == 1 or "WORLD_SIZE" in os.environ:
+        return None
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
+            "-m", module, *argv]  # fmt: skip
 
 
 def join_world() -> World:

@@ -18,6 +18,7 @@ from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 _SOURCE_STAMP = "source.json"  # which data config produced the folder
+_TEMP_PREFIXES = (".download-", ".sample-")  # this stage's temporary folders beside its output
 
 
 class DownloadError(PipelineError):
@@ -34,14 +35,15 @@ def fetch_competition(data: DataConfig, out_dir: Path) -> None:
     if _already_fetched(out_dir, stamp):
         log.info("%s already holds the competition files from this source; nothing to do", out_dir)
         return
+    _remove_stale_temps(out_dir.parent)
     if data.source == "kaggle":
         api = kaggle_io.connect()  # fails before anything is written
-        with tempfile.TemporaryDirectory(prefix=".download-", dir=_parent(out_dir)) as tmp:
+        with tempfile.TemporaryDirectory(prefix=_TEMP_PREFIXES[0], dir=_parent(out_dir)) as tmp:
             unpack_competition(kaggle_io.download_competition(api, Path(tmp)), out_dir)
     elif data.source == "local":
         unpack_competition(Path(data.path), out_dir)
     else:
-        with tempfile.TemporaryDirectory(prefix=".sample-", dir=_parent(out_dir)) as tmp:
+        with tempfile.TemporaryDirectory(prefix=_TEMP_PREFIXES[1], dir=_parent(out_dir)) as tmp:
             zip_path = Path(tmp) / ZIP_NAME
             log.info(
                 "writing the embedded sample competition (%d train, %d test images)",
@@ -99,3 +101,10 @@ def _check_non_empty(folder: Path, source: Path) -> None:
 def _parent(out_dir: Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     return out_dir.parent
+
+
+def _remove_stale_temps(folder: Path) -> None:
+    """Delete the temporary folders a killed earlier run of this stage left in `folder`."""
+    for prefix in _TEMP_PREFIXES:
+        for stale in folder.glob(f"{prefix}*"):
+            shutil.rmtree(stale, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,10 @@ from sklearn.model_selection import StratifiedKFold
 from pipeline.atomic import atomic_file
 from pipeline.competition import CLASSES
 from pipeline.errors import PipelineError
+
+
+class FoldsError(PipelineError):
+    """folds.csv is missing, malformed, or does not match the data or cv.folds."""
 
 
 @dataclass(frozen=True)
@@ -24,12 +29,24 @@ class Split:
     valid_labels: np.ndarray
     valid_ids: np.ndarray  # (n_valid,) image ids of the held-out rows
 
+    def digest(self) -> str:
+        """A hash of both sides' images, labels and the held-out ids: another split or other data differ."""
+        digest = hashlib.blake2b(digest_size=16)
+        for array in (self.train_images, self.train_labels, self.valid_images, self.valid_labels, self.valid_ids):
+            contiguous = np.ascontiguousarray(array)
+            digest.update(f"{contiguous.dtype.str}{contiguous.shape}".encode())
+            digest.update(contiguous.data)
+        return digest.hexdigest()
+
 
 def split_fold(images: np.ndarray, labels: np.ndarray, fold_of_image: np.ndarray, fold: int) -> Split:
     """The train/held-out split of `fold`; row i of `images` is image id i + 1."""
     held_out = fold_of_image == fold
-    if not held_out.any():
-        raise PipelineError(f"fold {fold} holds no images; folds.csv has folds {sorted(set(fold_of_image.tolist()))}.")
+    if not held_out.any() or held_out.all():
+        raise FoldsError(
+            f"fold {fold} holds {int(held_out.sum())} of {len(held_out)} images; folds.csv has folds"
+            f" {sorted(set(fold_of_image.tolist()))}: train a fold listed in cv.folds."
+        )
     train_idx, valid_idx = np.flatnonzero(~held_out), np.flatnonzero(held_out)
     return Split(
         train_images=images[train_idx],
@@ -44,7 +61,7 @@ def make_folds(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     """Fold index of each image, `(n_images,)` int64, stratified by class and reproducible from `seed`."""
     smallest = int(np.bincount(labels, minlength=len(CLASSES)).min())
     if smallest < n_folds:
-        raise PipelineError(
+        raise FoldsError(
             f"cv:folds asks for {n_folds} folds but a class has only {smallest} images; use fewer folds"
             " or more training images."
         )
@@ -62,14 +79,39 @@ def write_folds(path: Path, ids: np.ndarray, labels: np.ndarray, fold_of_image: 
         writer.writerows(zip(ids.tolist(), (CLASSES[k] for k in labels.tolist()), fold_of_image.tolist(), strict=True))
 
 
-def read_folds(path: Path) -> np.ndarray:
-    """Fold index of each image in id order (row i is image id i + 1)."""
+def read_folds(path: Path, labels: np.ndarray, n_folds: int) -> np.ndarray:
+    """Fold index of each image in id order (row i is image id i + 1), checked against the data and `cv.folds`.
+
+    `labels` `(n_images,)` are the extracted class indices: folds.csv must list the same images with the same
+    labels (else it was made from other data), and its folds must be exactly 0..n_folds-1, none empty.
+    """
+    remake = "re-run the folds stage (`dvc repro folds`)"
     try:
         with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+            rows = list(csv.reader(f))
     except FileNotFoundError as exc:
-        raise PipelineError(f"{path}: not found; run the folds stage first (`dvc repro folds`).") from exc
-    ids = np.array([int(r["id"]) for r in rows], dtype=np.int64)
-    if not np.array_equal(ids, np.arange(1, len(ids) + 1)):
-        raise PipelineError(f"{path}: ids must be 1..N in order; re-run the folds stage.")
-    return np.array([int(r["fold"]) for r in rows], dtype=np.int64)
+        raise FoldsError(f"{path}: not found; run the folds stage first (`dvc repro folds`).") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FoldsError(f"{path}: cannot read it ({exc}); {remake}.") from exc
+    if not rows or rows[0] != ["id", "label", "fold"]:
+        raise FoldsError(f"{path}: the first line must be 'id,label,fold'; {remake}.")
+    body = rows[1:]
+    if len(body) != len(labels):
+        raise FoldsError(f"{path}: has {len(body)} images, the extracted data has {len(labels)}; {remake}.")
+    fold_of_image = np.empty(len(body), dtype=np.int64)
+    for line_no, (row, expected_label) in enumerate(zip(body, labels.tolist(), strict=True), start=2):
+        expected_id = line_no - 1
+        if len(row) != 3 or row[0] != str(expected_id) or not row[2].isdigit():
+            raise FoldsError(f"{path}:{line_no}: expected '{expected_id},<label>,<fold>', got {row}; {remake}.")
+        if row[1] != CLASSES[expected_label]:
+            raise FoldsError(
+                f"{path}:{line_no}: id {expected_id} is labelled {row[1]!r} but the extracted data says"
+                f" {CLASSES[expected_label]!r}: folds.csv was made from other data; {remake}."
+            )
+        fold_of_image[line_no - 2] = int(row[2])
+    found = sorted(set(fold_of_image.tolist()))
+    if found != list(range(n_folds)):
+        raise FoldsError(
+            f"{path}: holds folds {found}, but params.yaml cv.folds asks for {list(range(n_folds))}; {remake}."
+        )
+    return fold_of_image

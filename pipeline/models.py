@@ -20,6 +20,7 @@ from torch import nn
 
 from pipeline.atomic import atomic_file
 from pipeline.competition import CLASSES
+from pipeline.config import check_backbone_pattern
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ class ModelError(PipelineError):
 
 
 def check_backbone_name(name: str) -> None:
-    """Raise ModelError unless `name` (with optional tag) is a timm architecture."""
+    """Raise unless `name` is a timm architecture with an optional tag (and nothing a path or shell could take)."""
+    check_backbone_pattern(name, where="--backbone")
     if not timm.is_model(name.split(".")[0]):
         raise ModelError(f"{name!r} is not a timm model name; see `timm.list_models('<pattern>')` for the names.")
 
@@ -136,6 +138,13 @@ def load_checkpoint(path: Path, backbone: str) -> tuple[nn.Module, dict]:
             f"{path}: holds {meta.get('backbone')!r} with {meta.get('num_classes')} classes, expected"
             f" {backbone!r} with {len(CLASSES)}; re-run its train stage."
         )
+    if not isinstance(meta.get("image_size"), int) or meta["image_size"] < 8:
+        raise ModelError(f"{path}: its metadata lacks a valid image_size ({meta.get('image_size')!r}); re-run its"
+                         " train stage.")  # fmt: skip
     model = timm.create_model(backbone, pretrained=False, num_classes=len(CLASSES))
-    model.load_state_dict(state_dict)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise ModelError(f"{path}: its tensors do not fit {backbone} ({first}); re-run its train stage.") from exc
     return model, meta

@@ -65,6 +65,12 @@ def submission_message(ensemble_metrics_path: Path) -> str:
         ensemble_metrics = json.loads(Path(ensemble_metrics_path).read_text())
     except (OSError, ValueError) as exc:
         raise SubmissionError(f"{ensemble_metrics_path}: cannot read it ({exc}); run `dvc repro` first.") from exc
-    backbones = ", ".join(ensemble_metrics["backbones"])
-    chosen = ensemble_metrics["submission"]
-    return f"{chosen['method']} softmax ensemble of {backbones}; nested-CV accuracy {chosen['nested_cv_accuracy']:.4f}"
+    try:
+        backbones = ", ".join(ensemble_metrics["backbones"])
+        method, accuracy = (ensemble_metrics["submission"][key] for key in ("method", "nested_cv_accuracy"))
+        return f"{method} softmax ensemble of {backbones}; nested-CV accuracy {accuracy:.4f}"
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SubmissionError(
+            f"{ensemble_metrics_path}: lacks the ensemble's backbones or submission metrics ({exc!r});"
+            " re-run the ensemble stage (`dvc repro ensemble`)."
+        ) from exc

@@ -53,19 +53,23 @@ class FoldResult:
     metrics: dict[str, float]
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
     is_main: bool = True  # under torchrun, only the main process's result is saved
+    resume_path: Path | None = None  # removed by `save` once every output is in place
 
     def save(self, *, model_path: Path, oof_path: Path, metrics_path: Path, history_path: Path,
              backbone: str, valid_ids: np.ndarray, image_size: int) -> None:  # fmt: skip
         """Checkpoint, OOF logits with their ids, fold metrics (JSON) and per-epoch curves (JSON rows).
 
-        A no-op in torchrun's other processes, so that one process writes each output.
+        The resume file goes last, so a failure while saving keeps the trained fold. A no-op in torchrun's
+        other processes, so that one process writes each output.
         """
         if not self.is_main:
             return
+        save_scores(oof_path, valid_ids, self.oof_logits)  # first: it refuses non-finite logits
         save_checkpoint(model_path, self.model, backbone, image_size)
-        save_scores(oof_path, valid_ids, self.oof_logits)
         write_json(metrics_path, self.metrics)
         write_json(history_path, self.history)
+        if self.resume_path is not None:
+            Path(self.resume_path).unlink(missing_ok=True)
 
 
 @dataclass
@@ -129,13 +133,24 @@ def train_one_fold(
     """Fine-tune timm `backbone` on `split`; returns the (EMA) model, its OOF logits, metrics and curves.
 
     `name` (e.g. "resnet18 fold 0") labels logs and errors. With `resume_path`, training state is saved
-    there after each epoch (by the main process) and picked up from there if present; it is deleted when
-    training ends. Under torchrun only the main process's result is meant to be saved.
+    there after each epoch (by the main process) and picked up from there if it was made with the same
+    settings and split; `FoldResult.save` deletes it once the outputs are written. Under torchrun only the
+    main process's result is meant to be saved.
     """
     recipe = build_recipe(backbone, cfg, len(split.train_images), world)
     mean, std = normalisation(recipe.model)
-    fingerprint = {"name": name, "n_train": len(split.train_images), "world": world.size, **dataclasses.asdict(cfg)}
-    start_epoch, history = _resume(resume_path, recipe.state(), fingerprint)
+    # everything that decides the weights: a resume file made with another split has seen these valid images
+    fingerprint = {"backbone": backbone, "split": split.digest(), "world": world.size, **dataclasses.asdict(cfg)}
+    start_epoch, history = 0, []
+    snapshot = _read_resume(resume_path, fingerprint, name)
+    if snapshot is not None:
+        try:
+            for key, obj in recipe.state().items():
+                obj.load_state_dict(snapshot[key])
+            start_epoch, history = int(snapshot["epochs_done"]), list(snapshot["history"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:  # a half-loaded state is rebuilt
+            log.warning("%s: resume file %s does not fit (%s); starting from epoch 1", name, resume_path, exc)
+            recipe = build_recipe(backbone, cfg, len(split.train_images), world)
     if world.is_main:
         log.info(
             "%s: %d train / %d valid images, %d epochs of %d updates, batch %d (x%d accumulation), %dpx, %d"
@@ -145,19 +160,25 @@ def train_one_fold(
             f", resuming at epoch {start_epoch + 1}" if start_epoch else "",
         )  # fmt: skip
 
-    def evaluate() -> np.ndarray:
+    def evaluate(epochs_done: int) -> np.ndarray:
         model = recipe.ema.module if recipe.ema is not None else recipe.model
-        return predict_logits(
+        logits = predict_logits(
             model, split.valid_images, image_size=cfg.image_size, mean=mean, std=std,
             batch_size=cfg.batch_size * 2, device=world.device, desc=f"{name} valid",
         )  # fmt: skip
+        if not np.isfinite(logits).all():
+            raise PipelineError(
+                f"{name} epoch {epochs_done}: the logits of the held-out images are not finite; lower"
+                " train.lr (or this backbone's override) and re-run."
+            )
+        return logits
 
     valid_logits = None
     with logging_redirect_tqdm():
         for epoch in range(start_epoch, cfg.epochs):
             train_loss = train_epoch(recipe, split, cfg, world, epoch, mean, std, name=name)
             if world.is_main:
-                valid_logits = evaluate()
+                valid_logits = evaluate(epoch + 1)
                 row = {
                     "epoch": epoch + 1,
                     "lr": recipe.optimizer.param_groups[-1]["lr"],
@@ -173,11 +194,10 @@ def train_one_fold(
             world.barrier()
 
     if valid_logits is None:  # resumed after the last epoch, or not the main process
-        valid_logits = evaluate()
-    if resume_path is not None and world.is_main:
-        Path(resume_path).unlink(missing_ok=True)
+        valid_logits = evaluate(cfg.epochs)
     model = recipe.ema.module if recipe.ema is not None else recipe.model
-    return FoldResult(model, valid_logits, logits_metrics(valid_logits, split.valid_labels), history, world.is_main)
+    metrics = logits_metrics(valid_logits, split.valid_labels)
+    return FoldResult(model, valid_logits, metrics, history, world.is_main, resume_path)
 
 
 def train_epoch(
@@ -248,15 +268,16 @@ def _save_resume(path: Path | None, state: dict, fingerprint: dict, epochs_done:
         torch.save({**snapshot, "fingerprint": fingerprint, "epochs_done": epochs_done, "history": history}, tmp)
 
 
-def _resume(path: Path | None, state: dict, fingerprint: dict) -> tuple[int, list]:
-    """Load the state saved by `_save_resume`; returns (epochs already done, their history rows)."""
+def _read_resume(path: Path | None, fingerprint: dict, name: str) -> dict | None:
+    """The snapshot saved by `_save_resume` if it exists, reads, and was made with these settings and data."""
     if path is None or not Path(path).exists():
-        return 0, []
-    snapshot = torch.load(path, map_location="cpu", weights_only=True)
-    if snapshot.get("fingerprint") != fingerprint:  # another backbone, fold size or recipe: start over
-        log.warning("%s: resume file %s is from other settings; starting from epoch 1", fingerprint["name"], path)
-        Path(path).unlink(missing_ok=True)
-        return 0, []
-    for key, obj in state.items():
-        obj.load_state_dict(snapshot[key])
-    return int(snapshot["epochs_done"]), list(snapshot["history"])
+        return None
+    try:
+        snapshot = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or foreign file: torch raises RuntimeError, EOFError, UnpicklingError...
+        log.warning("%s: resume file %s is unreadable (%s); starting from epoch 1", name, path, type(exc).__name__)
+        return None
+    if not isinstance(snapshot, dict) or snapshot.get("fingerprint") != fingerprint:
+        log.warning("%s: resume file %s is from other settings, folds or images; starting from epoch 1", name, path)
+        return None
+    return snapshot

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import atomic, cli, config, dataset, ensemble, folds, report, scores
+from pipeline import atomic, cli, config, dataset, ensemble, folds, layout, report, scores
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,19 +23,21 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = config.load_config(args.params)
     data = dataset.load_dataset(args.data)
+    fold_of_image = folds.read_folds(args.folds, data.train_labels, cfg.cv.n_folds)
     oof = np.stack([
-        scores.load_oof([args.oof / bb / f"fold{k}.npz" for k in cfg.cv.folds], len(data.train_labels))
+        scores.load_oof([layout.fold_file(args.oof, bb, k, ".npz") for k in cfg.cv.folds], fold_of_image)
         for bb in cfg.backbones
     ])  # fmt: skip
-    test = [scores.load_scores(args.test_logits / f"{bb}.npz") for bb in cfg.backbones]
-    fold_of_image = folds.read_folds(args.folds)
+    test = np.stack([
+        scores.load_scores(layout.backbone_file(args.test_logits, bb, ".npz"), expected_ids=data.test_ids)[1]
+        for bb in cfg.backbones
+    ])  # fmt: skip
     result = ensemble.build_ensemble(
-        cfg.ensemble.method, list(cfg.backbones), oof, data.train_labels, fold_of_image,
-        np.stack([logits for _, logits in test]), temperature=cfg.ensemble.temperature,
-        fallback=cfg.ensemble.fallback,
+        cfg.ensemble.method, list(cfg.backbones), oof, data.train_labels, fold_of_image, test,
+        temperature=cfg.ensemble.temperature, fallback=cfg.ensemble.fallback,
     )  # fmt: skip
     atomic.write_json(args.weights_out, {"weights": result.weights, "temperatures": result.temperatures})
-    scores.save_scores(args.probs_out, test[0][0], result.test_probs)
+    scores.save_scores(args.probs_out, data.test_ids, result.test_probs)
     atomic.write_json(args.metrics_out, result.metrics)
     with atomic.atomic_dir(args.report_out) as tmp:
         report.write_report(tmp, backbones=list(cfg.backbones), oof_logits=oof, labels=data.train_labels,

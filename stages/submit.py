@@ -21,8 +21,9 @@ def main(argv: list[str] | None = None) -> None:
         print("dry run: nothing uploaded")
         return
     api = kaggle_io.connect()
-    kaggle_io.submit(api, args.file, message)
-    print("\n".join(["submitted; your latest submissions:", *kaggle_io.latest_submissions(api)]))
+    reply = kaggle_io.submit(api, args.file, message)
+    print(f"submitted {args.file}; Kaggle says: {reply}")  # before the listing, which can fail on its own
+    print("\n".join(["your latest submissions:", *kaggle_io.latest_submissions(api)]))
 
 
 if __name__ == "__main__":

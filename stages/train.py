@@ -1,42 +1,54 @@
 """Fine-tune one timm backbone on one CV fold; save its weights, out-of-fold logits, metrics and curves.
 
-Runs as one process (`python -m stages.train ...`) or as N under torchrun
-(`torchrun --nproc_per_node=N -m stages.train ...`, plus the usual --nnodes/--rdzv-* flags across machines).
+Runs as one process, or, with `launcher.nproc_per_node` > 1 in params.yaml, re-launches itself as that many
+DDP processes under `torchrun --standalone`. Across machines, start it with torchrun yourself
+(`torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=host0:29500 -m stages.train ...`).
 """
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
-from pipeline import cli, config, dataset, distributed, folds, models, training
+from pipeline import cli, config, dataset, distributed, folds, layout, models, training
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backbone", required=True, help="timm name with optional tag, e.g. resnet18.a1_in1k")
     parser.add_argument("--fold", type=int, required=True)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--folds", type=Path, required=True)
-    parser.add_argument("--model-out", type=Path, required=True)
-    parser.add_argument("--oof-out", type=Path, required=True)
-    parser.add_argument("--metrics-out", type=Path, required=True)
-    parser.add_argument("--curves-out", type=Path, required=True)
+    parser.add_argument("--models", type=Path, required=True, help="writes <models>/<backbone>/fold<k>.safetensors")
+    parser.add_argument("--oof", type=Path, required=True, help="writes <oof>/<backbone>/fold<k>.npz")
+    parser.add_argument("--metrics", type=Path, required=True, help="writes <metrics>/<backbone>/fold<k>.json")
+    parser.add_argument("--curves", type=Path, required=True, help="writes <curves>/<backbone>/fold<k>.json")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
 
-    cfg = config.load_config(args.params).train.for_backbone(args.backbone)
+    params = config.load_config(args.params)
     models.check_backbone_name(args.backbone)  # before any data is read
+    torchrun = distributed.torchrun_command(params.launcher.nproc_per_node, "stages.train", argv)
+    if torchrun is not None:
+        raise SystemExit(subprocess.run(torchrun).returncode)
+    cfg = params.train.for_backbone(args.backbone)
     data = dataset.load_dataset(args.data)
-    split = folds.split_fold(data.train_images, data.train_labels, folds.read_folds(args.folds), args.fold)
+    fold_of_image = folds.read_folds(args.folds, data.train_labels, params.cv.n_folds)
+    split = folds.split_fold(data.train_images, data.train_labels, fold_of_image, args.fold)
+    model_path = layout.fold_file(args.models, args.backbone, args.fold, ".safetensors")
     world = distributed.join_world()  # one process, or one of torchrun's
     try:
         result = training.train_one_fold(
             args.backbone, split, cfg, world, name=f"{args.backbone} fold {args.fold}",
-            resume_path=args.model_out.with_name(args.model_out.name + ".resume.pt"),
+            resume_path=model_path.with_name(model_path.name + ".resume.pt"),
         )  # fmt: skip
         result.save(
-            model_path=args.model_out, oof_path=args.oof_out, metrics_path=args.metrics_out,
-            history_path=args.curves_out, backbone=args.backbone, valid_ids=split.valid_ids,
-            image_size=cfg.image_size,
+            model_path=model_path,
+            oof_path=layout.fold_file(args.oof, args.backbone, args.fold, ".npz"),
+            metrics_path=layout.fold_file(args.metrics, args.backbone, args.fold, ".json"),
+            history_path=layout.fold_file(args.curves, args.backbone, args.fold, ".json"),
+            backbone=args.backbone, valid_ids=split.valid_ids, image_size=cfg.image_size,
         )  # fmt: skip
     finally:
         distributed.leave_world()

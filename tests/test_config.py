@@ -1,3 +1,4 @@
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,12 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_repo_params_yaml_is_valid_and_typed():
-    cfg = load_config(REPO / "params.yaml")
-    assert cfg.data.source == "kaggle"
+def test_committed_params_yaml_is_the_real_job_valid_and_typed(tmp_path):
+    """The committed params.yaml, not the working tree's: `make demo` writes its settings there."""
+    committed = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=REPO, capture_output=True, text=True,
+                               check=True)  # fmt: skip
+    cfg = load_config(write(tmp_path, committed.stdout))
+    assert cfg.data.source == "kaggle" and cfg.launcher.nproc_per_node == 1
     assert cfg.cv.n_folds == len(cfg.cv.folds) >= 2
     assert isinstance(cfg.train.lr, float)
     assert cfg.backbones
@@ -45,9 +49,21 @@ def test_overrides_change_only_their_backbone(tmp_path):
         ("backbones: [a]\ndata: {source: local}\n", "data:path must name"),
         ("backbones: [a]\ntrain: {weights: imagenet}\n", "train:weights for a must be one of"),
         ("backbones: [a]\npredict: {hflip: 1}\n", "predict:hflip must be bool"),
+        ("backbones: [\"a'; touch x; '\"]\n", "backbones: \"a'; touch x; '\" is not a timm model name (lower-case"),
+        ("backbones: [../../etc]\n", "backbones: '../../etc' is not a timm model name"),
+        ("backbones: [Resnet18]\n", "backbones: 'Resnet18' is not a timm model name"),
+        ("backbones: [resnet18.a1.in1k]\n", "'resnet18.a1.in1k' is not a timm model name"),
+        ("backbones: ['resnet18 ']\n", "'resnet18 ' is not a timm model name"),
+        ("backbones: [a]\nlauncher: {nproc_per_node: 0}\n", "launcher:nproc_per_node must be 1 or more, got 0"),
+        ("backbones: [a]\nlauncher: torchrun --nproc_per_node=4\n", "launcher must be a mapping"),
     ],
 )
 def test_bad_params_are_rejected_with_the_key_named(tmp_path, text, message):
     with pytest.raises(ConfigError) as excinfo:
         load_config(write(tmp_path, text))
     assert message in str(excinfo.value)
+
+
+def test_timm_names_with_and_without_tags_are_accepted(tmp_path):
+    cfg = load_config(write(tmp_path, "backbones: [convnext_tiny.fb_in22k_ft_in1k, tf_efficientnet_lite0, vit_b_16]\n"))
+    assert cfg.backbones == ("convnext_tiny.fb_in22k_ft_in1k", "tf_efficientnet_lite0", "vit_b_16")

@@ -1,11 +1,26 @@
 """The download stage against local copies and a fake kaggle API at its boundary."""
 
+import base64
+import http
+import json
+import os
 import shutil
 import sys
 import types
 import zipfile
+from pathlib import Path
 
 import pytest
+import requests
+from kagglesdk.competitions.types.competition_api_service import (
+    ApiCreateSubmissionResponse,
+    ApiDownloadDataFilesRequest,
+    ApiListSubmissionsRequest,
+    ApiStartSubmissionUploadRequest,
+)
+from kagglesdk.kaggle_env import get_access_token_from_env
+from kagglesdk.kaggle_http_client import KaggleHttpClient
+from kagglesdk.security.types.oauth_service import IntrospectTokenRequest
 
 from pipeline import kaggle_io
 from pipeline.competition import FILES
@@ -50,31 +65,148 @@ def test_folder_missing_a_file_is_rejected(sample_zip, tmp_path):
         unpack_competition(tmp_path / "folder", tmp_path / "raw")
 
 
-class FakeResponse:
-    def __init__(self, status_code):
-        self.status_code = status_code
+FAKE_KEY = "fake-kaggle-key-0123456789abcdef"
+FAKE_BASIC = base64.b64encode(f"someone:{FAKE_KEY}".encode()).decode()  # what HTTP Basic auth sends
+# kaggle 2.2.4: KaggleApi.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE and the first line of print_auth_help()
+UPLOAD_FAILED = "Could not submit to competition"
+AUTH_HELP = "Authentication required to call the Kaggle API."
+# Kaggle's words (HTTP 400 from CreateSubmission) when a team has used up the day's submissions
+DAILY_LIMIT = (
+    "Submission not allowed: Your team has used its daily Submission allowance (5) today, please try again"
+    " tomorrow UTC (3.2 hours from now)."
+)
 
 
-class FakeHTTPError(Exception):
-    def __init__(self, status_code):
-        super().__init__(f"{status_code} Client Error for url https://www.kaggle.com/api/v1/...")
-        self.response = FakeResponse(status_code)
+def use_fake_credentials(monkeypatch, home: Path, **env):
+    """Hide every real Kaggle credential (KAGGLE_*, a HOME of `home`); set `env`, by default a fake username and key."""
+    for name in [n for n in os.environ if n.startswith("KAGGLE_") or n in ("VERBOSE", "VERBOSE_OUTPUT")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    for name, value in (env or {"KAGGLE_USERNAME": "someone", "KAGGLE_KEY": FAKE_KEY}).items():
+        monkeypatch.setenv(name, value)
 
 
-def install_fake_kaggle(monkeypatch, *, authenticate=None, download=None):
-    """Replace `kaggle.api.kaggle_api_extended.KaggleApi` with a fake; returns the list of calls."""
+def http_error(status: int, message: str | None = None) -> requests.HTTPError:
+    """The HTTPError kagglesdk raises: with Kaggle's JSON error `message`, or else requests' own status line."""
+    response = requests.Response()
+    response.status_code = status
+    response.reason = http.HTTPStatus(status).phrase
+    response.url = "https://api.kaggle.com/v1/competitions.CompetitionApiService/DownloadDataFiles"
+    if message is None:
+        try:
+            response.raise_for_status()
+        except requests.HTTPError as exc:
+            return exc
+    response.headers["Content-Type"] = "application/json"
+    response._content = json.dumps({"code": status, "message": message}).encode()
+    return requests.HTTPError(message, response=response)  # as kagglesdk's KaggleHttpClient._prepare_response
+
+
+FakeHTTPError = http_error  # the name tests/faults/test_fault_matrix.py imports
+
+
+def network_error(host: str = "api.kaggle.com") -> requests.ConnectionError:
+    """What requests raises when `host` cannot be reached."""
+    request = requests.Request("POST", f"https://{host}/v1/competitions.CompetitionApiService/X").prepare()
+    return requests.ConnectionError(
+        f"HTTPSConnectionPool(host='{host}', port=443): Max retries exceeded (Caused by NameResolutionError)",
+        request=request,
+    )
+
+
+def submission_response(message: str, ref: int = 0) -> ApiCreateSubmissionResponse:
+    response = ApiCreateSubmissionResponse()
+    response.message, response.ref = message, ref
+    return response
+
+
+def upload_failed(printed: str):
+    """A `submit` that fails like kaggle 2.x's upload: prints the error, returns the failure message, raises nothing."""
+
+    def submit(file_name, message, competition):
+        print(printed)  # upload_complete's `print(error)`
+        return submission_response(UPLOAD_FAILED)
+
+    return submit
+
+
+def install_fake_kaggle(monkeypatch, *, authenticate=None, download=None, submit=None, submissions=()):
+    """Replace `kaggle.api.kaggle_api_extended.KaggleApi` with a fake; returns the list of calls.
+
+    At its boundary it behaves as kaggle 2.2.4 does: credentials come from KAGGLE_API_TOKEN (checked with
+    Kaggle), KAGGLE_USERNAME + KAGGLE_KEY or kaggle.json; without any, authenticate() prints kaggle's help and
+    raises SystemExit(1). If VERBOSE or VERBOSE_OUTPUT is set when this runs (kaggle's import), every request is
+    printed by kagglesdk's own code, Authorization header included. `authenticate()`, `download(competition,
+    path)` and `submit(file_name, message, competition)` run where kaggle talks to Kaggle and may raise
+    `http_error(...)` or `network_error()`; `submit` returns what competition_submit returns (by default
+    success), and competition_submissions returns `submissions` (ApiSubmission objects).
+    """
     calls = []
+    verbose = (os.environ.get("VERBOSE") or os.environ.get("VERBOSE_OUTPUT") or "false").lower()
 
     class KaggleApi:
+        COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE = UPLOAD_FAILED
+        args = ["--verbose"] if verbose in ("1", "true", "yes") else []
+
+        def __init__(self):
+            self.config_values = {}
+
         def authenticate(self):
             calls.append("authenticate")
-            print("kaggle says hello on stdout")
-            if authenticate:
+            token, _ = get_access_token_from_env()
+            if token:
+                try:
+                    request = IntrospectTokenRequest()
+                    request.token = token
+                    self._send("security.OAuthService", "IntrospectToken", request, api_token=token)
+                    if authenticate:
+                        authenticate()
+                    self.config_values = {"username": "someone", "token": token}
+                    return
+                except requests.HTTPError as exc:
+                    if exc.response.status_code not in (400, 403, 404):
+                        raise  # kaggle ignores a token Kaggle calls invalid, and raises on anything else
+            elif authenticate:
                 authenticate()
+            self.config_values = _legacy_credentials()
+            if not self.config_values:
+                print(AUTH_HELP)
+                sys.exit(1)
 
-        def competition_download_files(self, competition, path=None, quiet=True):
+        def competition_download_files(self, competition, path=None, force=False, quiet=True):
             calls.append(("download", competition))
+            request = ApiDownloadDataFilesRequest()
+            request.competition_name = competition
+            self._send("competitions.CompetitionApiService", "DownloadDataFiles", request)
             download(competition, path)
+
+        def competition_submit(self, file_name, message, competition, quiet=False, sandbox=False):
+            calls.append(("submit", Path(file_name).name, message, competition))
+            request = ApiStartSubmissionUploadRequest()
+            request.competition_name, request.file_name = competition, Path(file_name).name
+            self._send("competitions.CompetitionApiService", "StartSubmissionUpload", request)
+            if submit:
+                return submit(file_name, message, competition)
+            return submission_response("Successfully submitted to CIFAR-10 - Object Recognition in Images", ref=1)
+
+        def competition_submissions(self, competition, **paging):
+            calls.append(("submissions", competition))
+            request = ApiListSubmissionsRequest()
+            request.competition_name = competition
+            self._send("competitions.CompetitionApiService", "ListSubmissions", request)
+            return list(submissions)
+
+        def _send(self, service, method, request, api_token=None):
+            """Print the request as the real client does (verbose or not); nothing is sent."""
+            client = KaggleHttpClient(
+                verbose="--verbose" in self.args or "-v" in self.args,
+                username=self.config_values.get("username"),
+                password=self.config_values.get("key"),
+                api_token=api_token or self.config_values.get("token"),
+            )
+            with client:
+                client._prepare_request(service, method, request)
 
     module = types.ModuleType("kaggle.api.kaggle_api_extended")
     module.KaggleApi = KaggleApi
@@ -84,19 +216,52 @@ def install_fake_kaggle(monkeypatch, *, authenticate=None, download=None):
     return calls
 
 
-def test_kaggle_download_success(monkeypatch, sample_zip, tmp_path, capsys):
-    calls = install_fake_kaggle(monkeypatch, download=lambda c, path: shutil.copy(sample_zip, f"{path}/{c}.zip"))
+def _legacy_credentials() -> dict[str, str]:
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return {"username": os.environ["KAGGLE_USERNAME"], "key": os.environ["KAGGLE_KEY"]}
+    home = Path.home()
+    folders = [os.environ.get("KAGGLE_CONFIG_DIR"), home / ".kaggle",
+               Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "kaggle"]  # fmt: skip
+    for path in [Path(folder) / "kaggle.json" for folder in folders if folder]:
+        if path.is_file():
+            return {k: v for k, v in json.loads(path.read_text()).items() if k in ("username", "key")}
+    return {}
+
+
+@pytest.fixture
+def fake_credentials(monkeypatch, tmp_path_factory):
+    use_fake_credentials(monkeypatch, tmp_path_factory.mktemp("home"))
+
+
+def copy_of(sample_zip):
+    return lambda competition, path: shutil.copy(sample_zip, f"{path}/{competition}.zip")
+
+
+def test_kaggle_download_success(fake_credentials, monkeypatch, sample_zip, tmp_path):
+    calls = install_fake_kaggle(monkeypatch, download=copy_of(sample_zip))
     fetch_competition(DataConfig(source="kaggle"), tmp_path / "raw")
     assert calls == ["authenticate", ("download", "cifar-10")]
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted([*FILES, "source.json"])
     assert [p.name for p in tmp_path.iterdir()] == ["raw"]  # the temporary download folder is gone
-    assert "hello" not in capsys.readouterr().out  # the kaggle package's chatter is swallowed
+
+
+@pytest.mark.parametrize("variable", ["VERBOSE", "VERBOSE_OUTPUT"])
+def test_a_verbose_kaggle_client_prints_no_request_and_no_key(
+    fake_credentials, monkeypatch, sample_zip, tmp_path, capfd, variable
+):
+    monkeypatch.setenv(variable, "1")  # before kaggle's import, which reads it
+    install_fake_kaggle(monkeypatch, download=copy_of(sample_zip))
+    fetch_competition(DataConfig(source="kaggle"), tmp_path / "raw")
+    output = "".join(capfd.readouterr())
+    assert FAKE_KEY not in output
+    assert FAKE_BASIC not in output
+    assert "Authorization" not in output and "--Request--" not in output  # made quiet, not merely masked
 
 
 def test_a_rerun_with_intact_files_does_nothing_and_a_damaged_folder_is_fetched_again(
-    monkeypatch, sample_zip, tmp_path
+    fake_credentials, monkeypatch, sample_zip, tmp_path
 ):
-    calls = install_fake_kaggle(monkeypatch, download=lambda c, path: shutil.copy(sample_zip, f"{path}/{c}.zip"))
+    calls = install_fake_kaggle(monkeypatch, download=copy_of(sample_zip))
     fetch_competition(DataConfig(source="kaggle"), tmp_path / "raw")
     fetch_competition(DataConfig(source="kaggle"), tmp_path / "raw")
     assert calls == ["authenticate", ("download", "cifar-10")]  # the second run asked Kaggle nothing
@@ -111,11 +276,13 @@ def test_another_source_replaces_the_folder(sample_zip, tmp_path):
     assert (tmp_path / "raw" / "trainLabels.csv").read_text().count("\n") == 31
 
 
-def test_kaggle_without_credentials_says_how_to_provide_them(monkeypatch, tmp_path):
-    install_fake_kaggle(monkeypatch, authenticate=lambda: sys.exit(1))
+def test_kaggle_without_credentials_says_how_to_provide_them(monkeypatch, tmp_path, capfd):
+    use_fake_credentials(monkeypatch, tmp_path / "home", KAGGLE_CONFIG_DIR=str(tmp_path / "no-such-dir"))
+    install_fake_kaggle(monkeypatch)
     with pytest.raises(kaggle_io.KaggleError, match="No Kaggle credentials found.*KAGGLE_API_TOKEN.*kaggle.json"):
         fetch_competition(DataConfig(source="kaggle"), tmp_path / "artifacts" / "raw")
     assert not (tmp_path / "artifacts").exists()
+    assert AUTH_HELP not in capfd.readouterr().out  # kaggle's own help text is swallowed
 
 
 @pytest.mark.parametrize(
@@ -126,9 +293,9 @@ def test_kaggle_without_credentials_says_how_to_provide_them(monkeypatch, tmp_pa
         (404, "did not find the competition"),
     ],
 )
-def test_kaggle_http_errors_become_one_actionable_message(monkeypatch, tmp_path, status, message):
+def test_kaggle_http_errors_become_one_actionable_message(fake_credentials, monkeypatch, tmp_path, status, message):
     def refuse(competition, path):
-        raise FakeHTTPError(status)
+        raise http_error(status)
 
     install_fake_kaggle(monkeypatch, download=refuse)
     with pytest.raises(kaggle_io.KaggleError, match=message):
@@ -136,17 +303,19 @@ def test_kaggle_http_errors_become_one_actionable_message(monkeypatch, tmp_path,
     assert [p.name for p in tmp_path.iterdir()] == []
 
 
-def test_interrupted_kaggle_download_leaves_nothing_behind_and_a_rerun_succeeds(monkeypatch, sample_zip, tmp_path):
+def test_interrupted_kaggle_download_leaves_nothing_behind_and_a_rerun_succeeds(
+    fake_credentials, monkeypatch, sample_zip, tmp_path
+):
     def half_then_fail(competition, path):
         with open(f"{path}/{competition}.zip", "wb") as f:
             f.write(sample_zip.read_bytes()[:5000])
-        raise ConnectionError("connection reset")
+        raise network_error("storage.googleapis.com")
 
     install_fake_kaggle(monkeypatch, download=half_then_fail)
-    with pytest.raises(kaggle_io.KaggleError, match="check your network connection"):
+    with pytest.raises(kaggle_io.KaggleError, match="storage.googleapis.com failed .*check your network connection"):
         fetch_competition(DataConfig(source="kaggle"), tmp_path / "raw")
     assert [p.name for p in tmp_path.iterdir()] == []
-    install_fake_kaggle(monkeypatch, download=lambda c, path: shutil.copy(sample_zip, f"{path}/{c}.zip"))
+    install_fake_kaggle(monkeypatch, download=copy_of(sample_zip))
     fetch_competition(DataConfig(source="kaggle"), tmp_path / "raw")
     with zipfile.ZipFile(sample_zip) as z:
         assert (tmp_path / "raw" / "train.7z").read_bytes() == z.read("train.7z")

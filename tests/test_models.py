@@ -60,3 +60,42 @@ def test_same_weights_give_byte_identical_checkpoints(tmp_path):
     for name in ("a.safetensors", "b.safetensors"):
         save_checkpoint(tmp_path / name, model, "test_efficientnet", image_size=32)
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda tensors: {k: v for k, v in tensors.items() if k != "conv_stem.weight"}, "Missing key"),
+        (lambda tensors: {**tensors, "classifier.weight": torch.zeros(7, 4)}, "size mismatch for classifier.weight"),
+    ],
+)
+def test_checkpoint_whose_tensors_do_not_fit_is_refused(tmp_path, edit, message):
+    import safetensors.torch
+
+    path = tmp_path / "fold0.safetensors"
+    save_checkpoint(path, create_backbone("test_efficientnet", "scratch"), "test_efficientnet", image_size=32)
+    metadata = safetensors.safe_open(path, framework="pt").metadata()
+    safetensors.torch.save_file(edit(safetensors.torch.load_file(path)), path, metadata=metadata)
+    with pytest.raises(ModelError, match=f"fold0.safetensors: its tensors do not fit test_efficientnet .*{message}"):
+        load_checkpoint(path, "test_efficientnet")
+
+
+def test_checkpoint_without_an_image_size_is_refused(tmp_path):
+    import safetensors.torch
+
+    path = tmp_path / "fold0.safetensors"
+    model = create_backbone("test_efficientnet", "scratch")
+    metadata = {"checkpoint": '{"backbone": "test_efficientnet", "num_classes": 10}'}
+    safetensors.torch.save_file(model.state_dict(), path, metadata=metadata)
+    with pytest.raises(ModelError, match="lacks a valid image_size"):
+        load_checkpoint(path, "test_efficientnet")
+
+
+def test_backbone_names_that_a_path_or_shell_could_take_are_refused_before_timm_is_asked():
+    from pipeline.config import ConfigError
+    from pipeline.models import check_backbone_name
+
+    for name in ("a; rm -rf x", "../resnet18", "resnet18 "):
+        with pytest.raises(ConfigError, match="is not a timm model name"):
+            check_backbone_name(name)
+    check_backbone_name("resnet18.a1_in1k")

@@ -17,7 +17,7 @@ from pipeline.sample import write_sample_competition
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TINY = {
-    "launcher": "python",
+    "launcher": {"nproc_per_node": 1},
     "data": {"source": "sample", "sample": {"n_train": 400, "n_test": 60, "seed": 0}},
     "cv": {"folds": [0, 1], "seed": 0},
     "backbones": ["tf_efficientnet_lite0", "test_efficientnet"],
@@ -124,3 +124,20 @@ def test_one_train_stage_runs_alone_and_reproduces_its_outputs(repo):
     with np.load(repo / "artifacts/oof/test_efficientnet/fold0.npz") as after:
         assert np.array_equal(after["scores"], before)  # same seed, same OOF logits on the CPU
     assert stages_run(sh(repo, "dvc", "repro")) == []  # identical outputs: nothing downstream to redo
+
+
+def test_a_hostile_backbone_name_in_params_runs_no_shell_command(repo):
+    hostile = "x'; touch pwned; echo '"
+    committed = (repo / "params.yaml").read_text()
+    params = yaml.safe_load(committed)
+    params["backbones"].append(hostile)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+        result = subprocess.run(["dvc", "repro", "--single-item", f"train@{hostile}-0"], cwd=repo, env=env,
+                                capture_output=True, text=True, timeout=300)  # fmt: skip
+    finally:
+        (repo / "params.yaml").write_text(committed)
+    assert result.returncode != 0
+    assert "is not a timm model name (lower-case letters" in result.stdout + result.stderr
+    assert not (repo / "pwned").exists()

@@ -2,17 +2,19 @@
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from kagglesdk.competitions.types.competition_api_service import ApiSubmission
+from kagglesdk.competitions.types.submission_status import SubmissionStatus
 
+from pipeline import cli
 from pipeline.submission import SubmissionError
 from stages import download, submit
-from tests.test_download import install_fake_kaggle
+from tests.test_download import DAILY_LIMIT, http_error, install_fake_kaggle, upload_failed, use_fake_credentials
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,13 +82,11 @@ def test_submit_dry_run_checks_everything_and_uploads_nothing(finished_run, monk
     assert calls == []
 
 
-def test_submit_uploads_with_a_message_and_lists_scores(finished_run, monkeypatch, capsys):
-    calls = install_fake_kaggle(monkeypatch)
-    api_class = sys.modules["kaggle.api.kaggle_api_extended"].KaggleApi
-    api_class.competition_submit = lambda self, f, message, c, quiet=False: calls.append(
-        ("submit", Path(f).name, message, c)
-    )
-    api_class.competition_submissions = lambda self, c: [type("S", (), {"public_score": "0.95", "description": "x"})()]
+def test_submit_uploads_with_a_message_and_lists_scores(finished_run, monkeypatch, tmp_path, capsys):
+    use_fake_credentials(monkeypatch, tmp_path / "home")
+    scored = ApiSubmission()
+    scored.public_score, scored.description, scored.status = "0.95", "x", SubmissionStatus.COMPLETE
+    calls = install_fake_kaggle(monkeypatch, submissions=[scored])
     submit.main(finished_run)
     assert calls[1] == (
         "submit",
@@ -94,7 +94,35 @@ def test_submit_uploads_with_a_message_and_lists_scores(finished_run, monkeypatc
         "fitted softmax ensemble of a, b; nested-CV accuracy 0.9123",
         "cifar-10",
     )
-    assert "public=0.95" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "; Kaggle says: Successfully submitted to CIFAR-10" in out and "COMPLETE  public=0.95  x" in out
+
+
+def refuse_daily(file_name, message, competition):
+    raise http_error(400, DAILY_LIMIT)
+
+
+@pytest.mark.parametrize(
+    ("kaggle_submit", "error"),
+    [
+        (upload_failed("Connection aborted."), "Kaggle's upload failed, so nothing was submitted (kaggle: Connection"
+                                               " aborted.)"),
+        (refuse_daily, "Kaggle refused it because your team has used today's submissions"),
+    ],
+    ids=["upload-failed", "daily-limit"],
+)  # fmt: skip
+def test_a_submission_kaggle_did_not_take_exits_1_and_never_says_submitted(
+    finished_run, monkeypatch, tmp_path, capsys, kaggle_submit, error
+):
+    use_fake_credentials(monkeypatch, tmp_path / "home")
+    calls = install_fake_kaggle(monkeypatch, submit=kaggle_submit)
+    with pytest.raises(SystemExit) as excinfo:
+        cli.run(submit.main, finished_run)
+    captured = capsys.readouterr()
+    assert excinfo.value.code == 1
+    assert captured.err.startswith(f"error: While submitting {finished_run[1]}: {error}")
+    assert captured.err.count("\n") == 1  # one line
+    assert "submitted" not in captured.out and ("submissions", "cifar-10") not in calls
 
 
 def test_submit_refuses_a_submission_with_a_wrong_order(finished_run, tmp_path, monkeypatch):
@@ -103,14 +131,3 @@ def test_submit_refuses_a_submission_with_a_wrong_order(finished_run, tmp_path, 
     with pytest.raises(SubmissionError, match="expected id 1"):
         submit.main(finished_run)
     assert calls == []
-
-
-def test_every_artifact_path_in_a_cmd_is_declared_in_its_stage():
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    for name, stage in stages.items():
-        stage = stage.get("do", stage)
-        declared = set()
-        for key in ("deps", "outs", "metrics", "plots"):
-            declared |= {e if isinstance(e, str) else next(iter(e)) for e in stage.get(key, [])}
-        for path in re.findall(r"artifacts/[^\s'\"]+", stage["cmd"]):
-            assert any(path == d or path.startswith(d + "/") for d in declared), (name, path)

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from pipeline.dataset import load_dataset
+from pipeline.distributed import torchrun_command
 from pipeline.folds import make_folds, write_folds
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,61 +25,75 @@ def fold_inputs(data_dir, tmp_path):
     return data_dir, tmp_path / "folds.csv"
 
 
-def params(tmp_path, backbone, **train) -> Path:
-    path = tmp_path / "params.yaml"
+def params(tmp_path, backbone, nproc_per_node=1, **train) -> Path:
+    path = tmp_path / f"params{nproc_per_node}.yaml"
     recipe = {"epochs": 3, "batch_size": 16, "lr": 2.0e-3, "image_size": 32, "weights": "scratch", **train}
-    path.write_text(yaml.safe_dump({"backbones": [backbone], "train": recipe}))
+    launcher = {"nproc_per_node": nproc_per_node}
+    path.write_text(yaml.safe_dump({"backbones": [backbone], "cv": {"folds": [0, 1]}, "launcher": launcher,
+                                    "train": recipe}))  # fmt: skip
     return path
 
 
-def train_cmd(launcher, backbone, fold_inputs, out: Path, params_path: Path) -> list[str]:
+def train_cmd(backbone, fold_inputs, out: Path, params_path: Path) -> list[str]:
     data_dir, folds_csv = fold_inputs
-    return [*launcher, "-m", "stages.train", "--backbone", backbone, "--fold", "0", "--data", str(data_dir),
-            "--folds", str(folds_csv), "--model-out", str(out / "fold0.safetensors"), "--oof-out", str(out / "oof.npz"),
-            "--metrics-out", str(out / "metrics.json"), "--curves-out", str(out / "curves.json"),
-            "--params", str(params_path)]  # fmt: skip
+    return [sys.executable, "-m", "stages.train", "--backbone", backbone, "--fold", "0", "--data", str(data_dir),
+            "--folds", str(folds_csv), "--models", str(out), "--oof", str(out), "--metrics", str(out),
+            "--curves", str(out / "curves"), "--params", str(params_path)]  # fmt: skip
 
 
-def oof(out: Path) -> np.ndarray:
-    with np.load(out / "oof.npz") as npz:
+def oof(out: Path, backbone: str = "test_resnet") -> np.ndarray:
+    with np.load(out / backbone / "fold0.npz") as npz:
         return npz["scores"]
 
 
 def test_sigkill_mid_training_then_rerun_resumes_and_equals_an_uninterrupted_run(fold_inputs, tmp_path):
     p = params(tmp_path, "test_resnet", epochs=4)
-    python = [sys.executable]
-    subprocess.run(train_cmd(python, "test_resnet", fold_inputs, tmp_path / "a", p), check=True, cwd=REPO,
+    subprocess.run(train_cmd("test_resnet", fold_inputs, tmp_path / "a", p), check=True, cwd=REPO,
                    capture_output=True, timeout=300)  # fmt: skip
 
-    cmd = train_cmd(python, "test_resnet", fold_inputs, tmp_path / "b", p)
+    cmd = train_cmd("test_resnet", fold_inputs, tmp_path / "b", p)
     process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    resume_file = tmp_path / "b" / "fold0.safetensors.resume.pt"
+    resume_file = tmp_path / "b" / "test_resnet" / "fold0.safetensors.resume.pt"
     deadline = time.monotonic() + 240
     while not resume_file.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)  # after at least one epoch, most likely mid-way through the next
     process.wait()
-    assert resume_file.exists() and not (tmp_path / "b" / "oof.npz").exists()
+    assert resume_file.exists() and not (tmp_path / "b" / "test_resnet" / "fold0.npz").exists()
 
     rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "resuming at epoch" in rerun.stderr
     assert np.array_equal(oof(tmp_path / "b"), oof(tmp_path / "a"))
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [
-        "curves.json", "fold0.safetensors", "metrics.json", "oof.npz"
+    assert sorted(str(p.relative_to(tmp_path / "b")) for p in (tmp_path / "b").rglob("*") if p.is_file()) == [
+        "curves/test_resnet/fold0.json", "test_resnet/fold0.json", "test_resnet/fold0.npz",
+        "test_resnet/fold0.safetensors",
     ]  # fmt: skip
 
 
-def test_torchrun_two_cpu_processes_equal_one_process(fold_inputs, tmp_path):
-    p = params(tmp_path, "test_convnext", epochs=2)  # LayerNorm: no per-process batch statistics
-    single = subprocess.run(train_cmd([sys.executable], "test_convnext", fold_inputs, tmp_path / "one", p),
-                            cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+def test_nproc_per_node_relaunches_the_stage_as_ddp_processes_equal_to_one_process(fold_inputs, tmp_path):
+    # test_convnext has LayerNorm: no per-process batch statistics, so the processes compute what one would
+    one, two = params(tmp_path, "test_convnext", epochs=2), params(tmp_path, "test_convnext", 2, epochs=2)
+    single = subprocess.run(train_cmd("test_convnext", fold_inputs, tmp_path / "one", one), cwd=REPO,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert single.returncode == 0, single.stderr[-2000:]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run(train_cmd(torchrun, "test_convnext", fold_inputs, tmp_path / "two", p), cwd=REPO,
+    ddp = subprocess.run(train_cmd("test_convnext", fold_inputs, tmp_path / "two", two), cwd=REPO,
                          capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    assert "2 process(es)" in ddp.stderr
-    assert np.allclose(oof(tmp_path / "two"), oof(tmp_path / "one"), atol=1e-3)
-    assert not np.array_equal(oof(tmp_path / "one"), np.zeros_like(oof(tmp_path / "one")))
+    assert "2 process(es)" in ddp.stderr and "1 process(es)" in single.stderr
+    one_oof, two_oof = oof(tmp_path / "one", "test_convnext"), oof(tmp_path / "two", "test_convnext")
+    assert np.allclose(two_oof, one_oof, atol=1e-3) and not np.array_equal(one_oof, np.zeros_like(one_oof))
+
+
+def test_torchrun_command_is_an_argument_list_and_never_nests():
+    argv = ["--backbone", "a'; touch x; '", "--fold", "0"]
+    command = torchrun_command(4, "stages.train", argv)
+    assert command == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m",
+                       "stages.train", *argv]  # fmt: skip
+    assert torchrun_command(1, "stages.train", argv) is None
+
+
+def test_torchrun_command_is_none_inside_torchrun(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert torchrun_command(4, "stages.train", []) is None

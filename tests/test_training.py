@@ -1,3 +1,6 @@
+import logging
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -38,37 +41,102 @@ def test_training_learns_a_separable_sample_far_above_chance():
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
 
 
-def test_killed_run_resumes_and_ends_equal_to_an_uninterrupted_run(tmp_path, monkeypatch):
-    split = make_split(96, 30)
-    uninterrupted = train_one_fold("test_resnet", split, CFG, CPU, name="a", resume_path=tmp_path / "a.resume.pt")
-    assert not (tmp_path / "a.resume.pt").exists()  # a finished run leaves only its outputs
-
+def interrupt_after_epoch(monkeypatch, epochs_done: int) -> None:
+    """Make training stop right after the resume file of `epochs_done` is written, as a SIGKILL would."""
     real_save = pipeline.training._save_resume
 
-    def save_then_die(path, state, fingerprint, epochs_done, history):
-        real_save(path, state, fingerprint, epochs_done, history)
-        if epochs_done == 2:
-            raise KeyboardInterrupt  # as a SIGKILL right after the epoch-2 checkpoint
+    def save_then_die(path, state, fingerprint, done, history):
+        real_save(path, state, fingerprint, done, history)
+        if done == epochs_done:
+            raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline.training, "_save_resume", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_one_fold("test_resnet", split, CFG, CPU, name="a", resume_path=tmp_path / "b.resume.pt")
-    assert (tmp_path / "b.resume.pt").exists()
-    monkeypatch.setattr(pipeline.training, "_save_resume", real_save)
 
-    resumed = train_one_fold("test_resnet", split, CFG, CPU, name="a", resume_path=tmp_path / "b.resume.pt")
+
+def save_outputs(result, folder: Path, split: Split) -> None:
+    result.save(model_path=folder / "m.safetensors", oof_path=folder / "oof.npz", metrics_path=folder / "m.json",
+                history_path=folder / "c.json", backbone="test_resnet", valid_ids=split.valid_ids,
+                image_size=32)  # fmt: skip
+
+
+def test_killed_run_resumes_and_ends_equal_to_an_uninterrupted_run(tmp_path, monkeypatch, caplog):
+    split = make_split(96, 30)
+    uninterrupted = train_one_fold("test_resnet", split, CFG, CPU, name="a", resume_path=tmp_path / "a.resume.pt")
+    with monkeypatch.context() as patch:
+        interrupt_after_epoch(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            train_one_fold("test_resnet", split, CFG, CPU, name="a", resume_path=tmp_path / "b.resume.pt")
+    assert (tmp_path / "b.resume.pt").exists()
+
+    with caplog.at_level(logging.INFO, logger="pipeline.training"):
+        resumed = train_one_fold("test_resnet", split, CFG, CPU, name="a", resume_path=tmp_path / "b.resume.pt")
+    assert "resuming at epoch 3" in caplog.text
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
     assert np.array_equal(resumed.oof_logits, uninterrupted.oof_logits)
+    assert (tmp_path / "b.resume.pt").exists()  # kept until the outputs are written
+    save_outputs(resumed, tmp_path / "out", split)
     assert not (tmp_path / "b.resume.pt").exists()
 
 
-def test_resume_file_from_other_settings_is_not_used(tmp_path):
+def test_a_resume_file_from_another_split_is_not_used(tmp_path, monkeypatch, caplog):
+    """Its weights have seen this fold's held-out images: reusing it would inflate OOF accuracy."""
+    images, labels = separable_images(126)
+    fold_a = split_fold(images, labels, make_folds(labels, 3, seed=0), fold=0)
+    fold_b = split_fold(images, labels, make_folds(labels, 3, seed=1), fold=0)  # another cv.seed, same sizes
+    assert len(fold_a.train_images) == len(fold_b.train_images)
+    path = tmp_path / "x.resume.pt"
+    with monkeypatch.context() as patch:
+        interrupt_after_epoch(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            train_one_fold("test_resnet", fold_a, CFG, CPU, name="x", resume_path=path)
+    fresh = train_one_fold("test_resnet", fold_b, CFG, CPU, name="x")
+    result = train_one_fold("test_resnet", fold_b, CFG, CPU, name="x", resume_path=path)
+    assert "is from other settings, folds or images; starting from epoch 1" in caplog.text
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert np.array_equal(result.oof_logits, fresh.oof_logits)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"PK\x03\x04 truncated zip", b"not a checkpoint at all"],
+)
+def test_a_corrupt_resume_file_warns_and_starts_fresh(tmp_path, caplog, content):
     split = make_split(64, 20)
     one_epoch = BackboneConfig(**{**CFG.__dict__, "epochs": 1})
     path = tmp_path / "x.resume.pt"
-    torch.save({"fingerprint": {"name": "other"}, "epochs_done": 1, "history": []}, path)
+    path.write_bytes(content)
     result = train_one_fold("test_resnet", split, one_epoch, CPU, name="x", resume_path=path)
-    assert len(result.history) == 1 and not path.exists()
+    assert "resume file" in caplog.text and "is unreadable" in caplog.text
+    assert np.array_equal(result.oof_logits, train_one_fold("test_resnet", split, one_epoch, CPU, name="x").oof_logits)
+
+
+def test_a_resume_file_whose_state_does_not_fit_starts_fresh_from_a_clean_model(tmp_path, monkeypatch, caplog):
+    split = make_split(64, 20)
+    path = tmp_path / "x.resume.pt"
+    with monkeypatch.context() as patch:
+        interrupt_after_epoch(patch, 1)
+        with pytest.raises(KeyboardInterrupt):
+            train_one_fold("test_resnet", split, CFG, CPU, name="x", resume_path=path)
+    snapshot = torch.load(path, weights_only=True)
+    del snapshot["optimizer"]  # the model loads, then the optimizer fails: the half-loaded model must not be used
+    torch.save(snapshot, path)
+    result = train_one_fold("test_resnet", split, CFG, CPU, name="x", resume_path=path)
+    assert "does not fit" in caplog.text
+    assert np.array_equal(result.oof_logits, train_one_fold("test_resnet", split, CFG, CPU, name="x").oof_logits)
+
+
+def test_a_failure_while_saving_keeps_the_resume_file(tmp_path, monkeypatch):
+    split = make_split(64, 20)
+    one_epoch = BackboneConfig(**{**CFG.__dict__, "epochs": 1})
+    result = train_one_fold("test_resnet", split, one_epoch, CPU, name="x", resume_path=tmp_path / "x.resume.pt")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline.training, "write_json", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_outputs(result, tmp_path / "out", split)
+    assert (tmp_path / "x.resume.pt").exists()  # the trained fold is not lost: a re-run resumes after epoch 1
 
 
 def test_diverging_loss_stops_naming_the_fold_and_epoch():

@@ -1,0 +1,82 @@
+"""dvc.yaml as DVC renders it: no params.yaml value reaches the shell unquoted, outs are where stages write."""
+
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from dvc.repo import Repo
+
+from pipeline import layout
+
+REPO = Path(__file__).resolve().parents[1]
+HOSTILE = "a'; touch pwned; echo '"
+
+
+def rendered_stages(tmp_path: Path, params: dict) -> dict[str, object]:
+    """DVC's own rendering of the repo's dvc.yaml with `params`: stage name -> stage."""
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    with Repo(str(tmp_path)) as repo:
+        return {stage.name: stage for stage in repo.index.stages}
+
+
+def argv_of(stage) -> dict[str, str]:
+    """`--flag value` pairs of a stage's command, split as a POSIX shell splits it."""
+    words = shlex.split(stage.cmd)
+    assert words[:2] == ["python", "-m"], stage.cmd  # a fixed program: no setting chooses what runs
+    return dict(zip(words[3::2], words[4::2], strict=True))
+
+
+def paths(entries) -> set[str]:
+    return {str(entry.def_path) for entry in entries}
+
+
+def test_a_hostile_backbone_name_reaches_the_stage_as_one_quoted_argument(tmp_path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["backbones"] = [HOSTILE]
+    stages = rendered_stages(tmp_path, params)
+    assert {name.split("@")[0] for name in stages if "@" in name} == {"train", "predict"}
+    for name, stage in stages.items():
+        if "@" in name:
+            assert argv_of(stage)["--backbone"] == HOSTILE, stage.cmd
+    # and the shell really runs it as one argument: nothing but `python` would create the file
+    command = stages[f"predict@{HOSTILE}"].cmd.replace("python -m stages.predict", "true", 1)
+    subprocess.run(command, shell=True, cwd=tmp_path, check=True)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_train_and_predict_outs_are_the_paths_the_stages_write(tmp_path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    stages = rendered_stages(tmp_path, params)
+    n_train = n_predict = 0
+    for name, stage in stages.items():
+        args = argv_of(stage)
+        if name.startswith("train@"):
+            n_train += 1
+            backbone, fold = args["--backbone"], int(args["--fold"])
+            assert paths(stage.outs) == {
+                str(layout.fold_file(args[flag], backbone, fold, suffix))
+                for flag, suffix in (("--models", ".safetensors"), ("--oof", ".npz"), ("--metrics", ".json"),
+                                     ("--curves", ".json"))
+            }  # fmt: skip
+        elif name.startswith("predict@"):
+            n_predict += 1
+            backbone = args["--backbone"]
+            assert paths(stage.outs) == {str(layout.backbone_file(args["--out"], backbone, ".npz"))}
+            assert str(Path(args["--models"]) / backbone) in paths(stage.deps)
+    assert n_train == len(params["backbones"]) * len(params["cv"]["folds"]) and n_predict == len(params["backbones"])
+
+
+@pytest.mark.parametrize("stage_kind", ["download", "extract", "folds", "ensemble", "submission"])
+def test_every_artifact_path_in_a_command_is_declared(tmp_path, stage_kind):
+    stages = rendered_stages(tmp_path, yaml.safe_load((REPO / "params.yaml").read_text()))
+    stage = stages[stage_kind]
+    declared = paths(stage.deps) | paths(stage.outs)
+    for value in argv_of(stage).values():
+        if value.startswith("artifacts/"):
+            assert any(value == d or value.startswith(d + "/") for d in declared), (stage_kind, value)
