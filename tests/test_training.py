@@ -145,6 +145,15 @@ def test_diverging_loss_stops_naming_the_fold_and_epoch():
         train_one_fold("test_resnet", make_split(), huge_lr, CPU, name="test_resnet fold 3")
 
 
+def test_non_finite_held_out_logits_stop_training_naming_the_epoch(monkeypatch):
+    """A finite loss with NaN logits (e.g. broken BN statistics) must not become OOF logits."""
+    monkeypatch.setattr(
+        pipeline.training, "predict_logits", lambda model, images, **kw: np.full((len(images), 10), np.nan, np.float32)
+    )
+    with pytest.raises(PipelineError, match="x fold 0 epoch 1: the logits of the held-out images are not finite"):
+        train_one_fold("test_resnet", make_split(32, 10), CFG, CPU, name="x fold 0")
+
+
 def test_head_only_epochs_leave_the_backbone_untouched():
     cfg = BackboneConfig(**{**CFG.__dict__, "head_epochs": 1})
     split = make_split(64, 20)
