@@ -7,6 +7,7 @@ declared output does not exist. FAULTS also generates README.md's "When somethin
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -275,12 +276,13 @@ def test_world_readable_kaggle_json_gets_a_warning(capsys, monkeypatch, tmp_path
     config_dir.mkdir()
     (config_dir / "kaggle.json").write_text(json.dumps({"username": "someone", "key": FAKE_KEY}))
     (config_dir / "kaggle.json").chmod(0o644)
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(config_dir))
+    use_fake_credentials(monkeypatch, tmp_path / "home", KAGGLE_CONFIG_DIR=str(config_dir), VERBOSE="1")
     install_fake_kaggle(monkeypatch, download=lambda c, path: shutil.copy(sample_zip, f"{path}/{c}.zip"))
     cli.run(download.main, ["--out", str(tmp_path / "raw"), "--params", str(kaggle_params(tmp_path))])
     assert "kaggle.json is readable by other users of this machine; run `chmod 600" in caplog.text
-    captured = capsys.readouterr()
-    assert FAKE_KEY not in captured.out + captured.err + caplog.text
+    printed = "".join(capsys.readouterr()) + caplog.text
+    basic = base64.b64encode(f"someone:{FAKE_KEY}".encode()).decode()
+    assert FAKE_KEY not in printed and basic not in printed and "Authorization" not in printed
     (config_dir / "kaggle.json").chmod(stat.S_IRUSR | stat.S_IWUSR)
 
 
