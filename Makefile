@@ -46,3 +46,16 @@ lint: setup
 
 clean:
 	rm -rf artifacts/* .dvc/cache .dvc/tmp
+
+# Mutation testing of the modules that guard data, each against its own unit tests: the list is [tool.mutmut] in
+# pyproject.toml. Slow (minutes a module) and not part of `make test` or CI. A fresh mutants/ each run, because
+# mutmut keeps copies of the modules it does not mutate and would test against stale ones. One mutant at a time
+# by default (MUTATION_JOBS=2 for two); ends with the per-module table, failing under MUTATION_FAIL_UNDER percent.
+MUTATION_JOBS ?= 1
+MUTATION_FAIL_UNDER ?= 90
+.PHONY: mutation
+mutation: setup
+	python benchmarks/mutation_report.py --check-config
+	rm -rf mutants
+	mutmut run --max-children $(MUTATION_JOBS)
+	python benchmarks/mutation_report.py --fail-under $(MUTATION_FAIL_UNDER)

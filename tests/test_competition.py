@@ -12,6 +12,11 @@ def test_csv_round_trips_ids_and_labels(tmp_path):
     assert [CLASSES[k] for k in labels] == ["truck", "airplane", "cat"]
 
 
+def test_csv_text_refuses_ids_and_labels_of_different_lengths():
+    with pytest.raises(ValueError):
+        id_label_csv_text(np.array([1, 2, 3]), np.array([0, 1]))
+
+
 def test_bom_and_crlf_line_ends_are_accepted(tmp_path):
     path = tmp_path / "labels.csv"
     path.write_bytes("\ufeffid,label\r\n1,frog\r\n2,truck\r\n".encode())
@@ -23,9 +28,13 @@ def test_bom_and_crlf_line_ends_are_accepted(tmp_path):
     ("text", "message"),
     [
         ("", "expected the header 'id,label', got an empty file"),
-        ("image,label\n1,cat\n", "expected the header 'id,label'"),
+        ("image,label\n1,cat\n", "expected the header 'id,label', got ['image', 'label']"),
         ("id,label\n", "has a header but no rows"),
-        ("id,label\n1,cat\n2,lion\n", ":3: label 'lion' is not one of the ten classes"),
+        (
+            "id,label\n1,cat\n2,lion\n",
+            ":3: label 'lion' is not one of the ten classes"
+            " (airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck)",
+        ),
         ("id,label\n1,cat\n1,dog\n", ":3: id 1 appears twice"),
         ("id,label\nx,cat\n", ":2: expected '<id>,<label>' with an integer id"),
     ],
@@ -36,3 +45,25 @@ def test_malformed_csv_is_rejected_naming_the_line(tmp_path, text, message):
     with pytest.raises(CompetitionFileError) as excinfo:
         read_id_label_csv(path)
     assert str(path) in str(excinfo.value) and message in str(excinfo.value)
+
+
+def test_a_line_break_inside_a_quoted_label_is_reported_as_written(tmp_path):
+    # csv needs newline="" to see a quoted field's own line break; translated, '\r\n' would be reported as '\n'
+    path = tmp_path / "trainLabels.csv"
+    path.write_bytes(b'id,label\r\n1,"ca\r\nt"\r\n')
+    with pytest.raises(CompetitionFileError, match=r":2: label 'ca\\r\\nt' is not one of the ten classes"):
+        read_id_label_csv(path)
+
+
+@pytest.mark.parametrize(
+    "write",
+    [lambda path: path.mkdir(), lambda path: path.write_bytes(b"id,label\n1,\xff\xfecat\n")],
+    ids=["a directory", "not utf-8"],
+)
+def test_an_unreadable_csv_is_one_clear_error_naming_it(tmp_path, write):
+    path = tmp_path / "trainLabels.csv"
+    write(path)
+    with pytest.raises(CompetitionFileError) as excinfo:
+        read_id_label_csv(path)
+    assert str(excinfo.value).startswith(f"{path}: cannot read it (")
+    assert str(excinfo.value).endswith("); re-run the download stage.")

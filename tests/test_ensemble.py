@@ -2,15 +2,18 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
+from pipeline import ensemble
 from pipeline.ensemble import (
+    METHODS,
     build_ensemble,
     caruana_weights,
     choose_weights,
     fit_temperatures,
     fit_weights,
+    nested_cv_probs,
     softmax_average,
 )
-from pipeline.metrics import probs_metrics
+from pipeline.metrics import logits_metrics, probs_metrics
 
 
 def noisy_logits(labels, signal, seed):
@@ -80,6 +83,11 @@ def test_build_ensemble_scores_every_method_with_nested_cv_and_applies_the_chose
     assert result.metrics["submission"]["method"] == "equal"
     assert np.allclose(result.test_probs, softmax_average(test_logits, np.full(3, 1 / 3)))
     assert sum(result.weights.values()) == pytest.approx(1)
+    equal, best = result.metrics["methods"]["equal"], result.metrics["methods"]["best"]
+    assert result.notes == [  # without fallback the notes say so, and nothing more
+        "equal weights do not beat the best single backbone in nested CV"
+        f" ({equal['nested_cv_accuracy']:.4f} < {best['nested_cv_accuracy']:.4f})."
+    ]
 
 
 def test_a_method_that_loses_to_the_best_single_backbone_falls_back_and_says_so(members):
@@ -88,6 +96,7 @@ def test_a_method_that_loses_to_the_best_single_backbone_falls_back_and_says_so(
     result = build_ensemble("equal", ["a", "b", "c"], logits, labels, fold_of_image, logits[:, :10])
     assert result.method == "best" and result.weights == {"a": 1.0, "b": 0.0, "c": 0.0}
     assert "equal weights do not beat the best single backbone in nested CV" in result.notes[0]
+    assert result.notes[0].endswith("; the submission uses the best single backbone instead.")
 
 
 def test_fitting_is_fast_enough_for_five_backbones_and_many_rows():
@@ -96,3 +105,166 @@ def test_fitting_is_fast_enough_for_five_backbones_and_many_rows():
     logits = np.stack([noisy_logits(labels, s, i) for i, s in enumerate([2.0, 1.8, 1.5, 1.0, 0.5])])
     weights = fit_weights(logits, labels)
     assert weights.sum() == pytest.approx(1) and weights.argmax() == 0
+
+
+def members_weakest_first(n=600, seed=0):
+    """Three informative members of rising strength, so that the best one is not the first."""
+    labels = np.random.default_rng(seed).integers(0, 10, n)
+    return np.stack([noisy_logits(labels, s, seed + i + 1) for i, s in enumerate([0.8, 1.5, 2.0])]), labels
+
+
+def test_fitted_weights_meet_the_optimality_conditions_of_log_loss_on_the_simplex():
+    labels = np.random.default_rng(0).integers(0, 10, 500)
+    logits = np.stack([noisy_logits(labels, s, i + 1) for i, s in enumerate([1.5, 1.4, 1.3, 0.5])])
+    weights = fit_weights(logits, labels)
+    picked = softmax(logits, axis=2)[:, np.arange(len(labels)), labels]  # each member's probability of the truth
+    # d(log loss)/dw_i = -mean(picked_i / p): the same (-1) for every member used, no steeper for the others (KKT)
+    slope = (picked / (weights @ picked)).mean(axis=1)
+    used = weights > 1e-9
+    assert weights.sum() == pytest.approx(1) and used.sum() >= 2
+    assert np.abs(slope[used] - 1).max() < 1e-6 and (slope[~used] <= 1).all()
+
+
+def test_a_row_no_member_gives_any_probability_leaves_the_weights_as_without_it():
+    logits, labels = members_weakest_first()
+    hopeless = logits.copy()
+    hopeless[:, 0, labels[0]] = -1e4  # every member's softmax underflows to exactly 0 on row 0's true class
+    assert softmax(hopeless, axis=2)[:, 0, labels[0]].max() == 0
+    assert np.allclose(fit_weights(hopeless, labels), fit_weights(logits[:, 1:], labels[1:]), atol=1e-5)
+    assert caruana_weights(hopeless, labels).tolist() == caruana_weights(logits[:, 1:], labels[1:]).tolist()
+
+
+def test_caruana_adds_in_each_round_the_member_that_most_lowers_the_log_loss():
+    logits, labels = members_weakest_first()
+    counts = np.zeros(3)
+    for rounds in range(1, 13):
+        weights = caruana_weights(logits, labels, rounds=rounds)
+        added = np.rint(weights * rounds) - counts
+        assert np.allclose(weights * rounds, np.rint(weights * rounds)) and sorted(added) == [0, 0, 1]
+        losses = [
+            probs_metrics(softmax_average(logits, (counts + np.eye(3)[j]) / rounds), labels)["log_loss"]
+            for j in range(3)
+        ]
+        assert int(np.argmax(added)) == int(np.argmin(losses))
+        counts += added
+    assert (counts > 0).sum() >= 2  # the path mixed members, so every round's choice was a real one
+
+
+def test_each_method_name_gives_its_own_weights():
+    logits, labels = members_weakest_first()
+    assert np.array_equal(choose_weights("fitted", logits, labels)[0], fit_weights(logits, labels))
+    assert np.array_equal(choose_weights("caruana", logits, labels)[0], caruana_weights(logits, labels))
+    assert choose_weights("equal", logits, labels)[0].tolist() == [1 / 3] * 3
+    assert choose_weights("best", logits, labels)[0].tolist() == [0.0, 0.0, 1.0]  # the strongest, last
+    assert all(choose_weights(method, logits, labels)[1] is None for method in METHODS)  # no temperature by default
+
+
+def test_with_temperature_weights_are_fitted_on_the_calibrated_members():
+    logits, labels = members_weakest_first()
+    overconfident = logits * np.array([6.0, 1.0, 3.0])[:, None, None]
+    weights, temperatures = choose_weights("fitted", overconfident, labels, temperature=True)
+    assert temperatures.tolist() == fit_temperatures(overconfident, labels).tolist()
+    assert np.allclose(weights, fit_weights(overconfident / temperatures[:, None, None], labels))
+    assert not np.allclose(weights, fit_weights(overconfident, labels), atol=1e-3)  # calibration mattered
+
+
+def test_a_member_without_signal_is_flattened_only_as_far_as_the_highest_temperature():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 10, (1, 500, 10))  # says nothing about the labels: the best temperature is infinite
+    assert 19.99 < fit_temperatures(noise, rng.integers(0, 10, 500))[0] <= 20.0
+
+
+@pytest.fixture
+def spread_temperatures(monkeypatch):
+    """A fast stand-in for `fit_temperatures`, each member's logit spread: for tests of where temperatures go."""
+
+    def spread(logits, labels):
+        return logits.std(axis=(1, 2))
+
+    monkeypatch.setattr(ensemble, "fit_temperatures", spread)
+    return spread
+
+
+@pytest.mark.parametrize("temperature", [False, True])
+def test_nested_cv_predicts_each_fold_with_weights_fitted_on_all_the_other_folds(spread_temperatures, temperature):
+    logits, labels = members_weakest_first()
+    fold_of_image = np.arange(len(labels)) % 3
+    probs = nested_cv_probs("fitted", logits, labels, fold_of_image, temperature)
+    for fold in range(3):
+        held_out = fold_of_image == fold
+        weights, temperatures = choose_weights("fitted", logits[:, ~held_out], labels[~held_out], temperature)
+        assert (temperatures is not None) == temperature
+        assert np.allclose(probs[held_out], softmax_average(logits[:, held_out], weights, temperatures))
+
+
+def test_per_backbone_scores_are_each_backbone_alone():
+    logits, labels = members_weakest_first()
+    names = ["weak", "medium", "strong"]
+    result = build_ensemble("best", names, logits, labels, np.arange(len(labels)) % 4, logits[:, :10])
+    assert result.method == "best" and result.weights == {"weak": 0.0, "medium": 0.0, "strong": 1.0}
+    assert result.temperatures is None and result.notes == []
+    for name, member in zip(names, logits, strict=True):
+        alone = logits_metrics(member, labels)
+        nested = {"nested_cv_accuracy": alone["accuracy"], "nested_cv_log_loss": alone["log_loss"]}
+        assert result.metrics["backbones"][name] == pytest.approx({**alone, **nested})  # nothing to fit alone
+
+
+def test_with_temperature_every_score_and_output_uses_the_calibrated_members(spread_temperatures):
+    logits, labels = members_weakest_first()
+    names, fold_of_image, test_logits = ["a", "b", "c"], np.arange(len(labels)) % 3, logits[:, :50]
+    result = build_ensemble(
+        "fitted", names, logits, labels, fold_of_image, test_logits, temperature=True, fallback=False
+    )
+    temperatures = spread_temperatures(logits, labels)
+    assert result.temperatures == pytest.approx(dict(zip(names, temperatures, strict=True)))
+    for name, member in zip(names, logits, strict=True):
+        nested = probs_metrics(nested_cv_probs("best", member[None], labels, fold_of_image, True), labels)
+        assert result.metrics["backbones"][name] == pytest.approx(
+            {**logits_metrics(member, labels), **{f"nested_cv_{k}": v for k, v in nested.items()}}
+        )
+    for method in METHODS:
+        weights, member_temperatures = choose_weights(method, logits, labels, temperature=True)
+        in_sample = probs_metrics(softmax_average(logits, weights, member_temperatures), labels)
+        nested = probs_metrics(nested_cv_probs(method, logits, labels, fold_of_image, True), labels)
+        expected = {**in_sample, **{f"nested_cv_{k}": v for k, v in nested.items()}}
+        assert result.metrics["methods"][method] == pytest.approx(expected)
+        assert nested != probs_metrics(nested_cv_probs(method, logits, labels, fold_of_image, False), labels)
+    weights = np.array([result.weights[name] for name in names])
+    assert result.method == "fitted" and weights.tolist() == choose_weights("fitted", logits, labels, True)[0].tolist()
+    assert np.allclose(result.oof_probs, softmax_average(logits, weights, temperatures))
+    assert np.allclose(result.test_probs, softmax_average(test_logits, weights, temperatures))
+    assert not np.allclose(result.test_probs, softmax_average(test_logits, weights))  # temperatures mattered
+
+
+def complementary_members(n=800, seed=0):
+    """Two members, each informative on half the classes only: together they beat either one."""
+    labels = np.random.default_rng(seed).integers(0, 10, n)
+    first, second = noisy_logits(labels, 0.0, seed + 1), noisy_logits(labels, 0.0, seed + 2)
+    rows = np.arange(n)
+    first[rows[labels < 5], labels[labels < 5]] += 4.0
+    second[rows[labels >= 5], labels[labels >= 5]] += 4.0
+    return np.stack([first, second]), labels
+
+
+@pytest.mark.parametrize("method", ["equal", "fitted"])
+def test_a_method_that_beats_the_best_single_backbone_is_kept(method):
+    logits, labels = complementary_members()
+    result = build_ensemble(method, ["a", "b"], logits, labels, np.arange(len(labels)) % 4, logits[:, :10])
+    scores = result.metrics["methods"]
+    assert scores[method]["nested_cv_accuracy"] > scores["best"]["nested_cv_accuracy"]
+    assert result.method == method and result.metrics["submission"]["method"] == method and result.notes == []
+
+
+def test_a_method_that_ties_the_best_single_backbone_is_kept():
+    logits, labels = members_weakest_first()
+    twins = np.stack([logits[2], logits[2]])  # equal weights of two copies predict exactly what one copy does
+    result = build_ensemble("equal", ["a", "b"], twins, labels, np.arange(len(labels)) % 4, twins[:, :10])
+    scores = result.metrics["methods"]
+    assert scores["equal"]["nested_cv_accuracy"] == scores["best"]["nested_cv_accuracy"]
+    assert result.method == "equal" and result.weights == {"a": 0.5, "b": 0.5} and result.notes == []
+
+
+def test_backbone_names_that_do_not_match_the_logits_are_an_error(members):
+    logits, labels = members
+    with pytest.raises(ValueError):
+        build_ensemble("equal", ["a", "b"], logits, labels, np.arange(len(labels)) % 4, logits[:, :10])
