@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import py7zr
+from host import describe_host
 from PIL import Image
 
 from pipeline import seven_zip_stream
@@ -134,6 +135,7 @@ def main() -> None:
         for leftover in ("baseline", "ours"):
             (workdir / f"{split}_{leftover}.npy").unlink()
 
+    print(f"\n{describe_host()}")
     print(f"\n{'archive':<28} {'method':<9} {'seconds':>8} {'x floor':>8} {'speedup vs baseline':>20} "
           f"{'peak MiB':>9} {'pixels == PIL':>14}")  # fmt: skip
     for label, name, seconds, peak, same in rows:

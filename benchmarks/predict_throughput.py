@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
+from host import describe_host
 
 from pipeline.batches import pick_device
 from pipeline.inference import predict_logits
@@ -63,6 +64,7 @@ def main() -> None:
             runs["ours"].append(ours(model, images, args.size, args.batch, device, hflip=False))
             runs["ours + hflip"].append(ours(model, images, args.size, args.batch, device, hflip=True))
     base = float(np.median(runs["bare"]))
+    print(f"\n{describe_host()}")
     print(f"\n{args.model} @ {args.size}px, batch {args.batch}, fp32, channels_last, {device}, "
           f"{torch.get_num_threads()} threads; median of {args.repeats} runs of {args.images} images")  # fmt: skip
     print(f"{'loop':<16} {'img/s':>8} {'x bare':>7} {'300,000 images':>15}")

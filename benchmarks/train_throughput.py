@@ -17,13 +17,15 @@ import time
 import numpy as np
 import timm
 import torch
+from host import describe_host
 from timm.optim import create_optimizer_v2
 
 from pipeline.config import BackboneConfig
 from pipeline.distributed import join_world
 from pipeline.folds import Split
 from pipeline.models import normalisation
-from pipeline.training import build_recipe, train_epoch
+from pipeline.recipe import build_recipe
+from pipeline.training import train_epoch
 
 
 def bare(model_name: str, size: int, batch: int, updates: int, device: torch.device) -> float:
@@ -54,7 +56,7 @@ def ours(model_name: str, size: int, batch: int, updates: int, extras: bool) -> 
     labels = rng.integers(0, 10, n)
     split = Split(images, labels, images[:1], labels[:1], np.array([1]))
     cfg = BackboneConfig(epochs=1, batch_size=batch, lr=1e-3, image_size=size, weights="scratch", warmup_epochs=0,
-                         layer_decay=0.0, mixup=0.8 if extras else 0.0, cutmix=1.0 if extras else 0.0,
+                         mixup=0.8 if extras else 0.0, cutmix=1.0 if extras else 0.0,
                          ema_decay=0.999 if extras else 0.0)  # fmt: skip
     recipe = build_recipe(model_name, cfg, n, world)
     mean, std = normalisation(recipe.model)
@@ -80,6 +82,7 @@ def main() -> None:
         runs["ours"].append(ours(args.model, args.size, args.batch, args.updates, extras=False))
         runs["ours+"].append(ours(args.model, args.size, args.batch, args.updates, extras=True))
     base = float(np.median(runs["bare"]))
+    print(f"\n{describe_host()}")
     print(f"\n{args.model} @ {args.size}px, batch {args.batch}, fp32, channels_last, {device}, "
           f"{torch.get_num_threads()} threads; median of {args.repeats} x {args.updates} updates")  # fmt: skip
     print(f"{'loop':<40} {'img/s':>8} {'x bare':>7}")

@@ -6,6 +6,8 @@ flip, resize and normalisation then run once per batch in torch, never per image
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,29 +28,29 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """`(B, 32, 32, 3)` uint8 numpy -> uint8 tensor on `device` (pinned, non-blocking copy on CUDA)."""
-    batch = torch.from_numpy(np.array(images, dtype=np.uint8))  # a writable copy: memmaps are read-only
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A numpy array (uint8 images, int64 labels, a memmap) -> tensor on `device` (pinned, non-blocking on CUDA)."""
+    tensor = torch.from_numpy(np.array(array))  # a writable copy: memmaps are read-only
     if device.type == "cuda":
-        batch = batch.pin_memory()
-    return batch.to(device, non_blocking=True)
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def random_crop_flip(batch: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """Random crop after reflect-padding by `padding` pixels, and a random horizontal flip, per image.
 
-    `batch` is `(B, H, W, C)` uint8 on any device; `generator` lives on the CPU so a seed gives the same
-    augmentations on every device.
+    `batch` is `(B, H, W, C)` uint8; `generator` lives on the batch's device, so the offsets are drawn there
+    and never copied from the host (on CUDA a host-made tensor would be one more copy per step).
     """
     n, h, w, _ = batch.shape
     if padding > 0:
         padded = F.pad(batch.permute(0, 3, 1, 2).float(), (padding,) * 4, mode="reflect")
         padded = padded.to(torch.uint8).permute(0, 2, 3, 1)
-        dy, dx = torch.randint(0, 2 * padding + 1, (2, n, 1), generator=generator).to(batch.device)
+        dy, dx = torch.randint(0, 2 * padding + 1, (2, n, 1), generator=generator, device=batch.device)
         rows = (dy + torch.arange(h, device=batch.device))[:, :, None]  # (B, H, 1)
         cols = (dx + torch.arange(w, device=batch.device))[:, None, :]  # (B, 1, W)
         batch = padded[torch.arange(n, device=batch.device)[:, None, None], rows, cols]
-    flip = (torch.rand(n, generator=generator) < 0.5).to(batch.device)
+    flip = torch.rand(n, generator=generator, device=batch.device) < 0.5
     return torch.where(flip[:, None, None, None], batch.flip(2), batch)
 
 
@@ -57,7 +59,12 @@ def to_model_input(batch: torch.Tensor, size: int, mean: tuple[float, ...], std:
     x = batch.permute(0, 3, 1, 2).to(torch.float32).div_(255)
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
-    mean_t = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    mean_t, std_t = _channel_constants(tuple(mean), tuple(std), x.device)
     x = (x - mean_t) / std_t
     return x.contiguous(memory_format=torch.channels_last)  # fp32: autocast, where on, lowers precision
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
+    """(mean, std) as `(1, 3, 1, 1)` tensors on `device`, made once: a new one per batch is a host-to-device copy."""
+    return torch.tensor(mean, device=device).view(1, -1, 1, 1), torch.tensor(std, device=device).view(1, -1, 1, 1)

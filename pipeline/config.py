@@ -57,14 +57,16 @@ class BackboneConfig:
     lr: float = 1.0e-4
     optimizer: str = "adamw"  # any timm optimizer name: adamw, sgd, lamb, ...
     weight_decay: float = 0.05
-    layer_decay: float = 0.0  # 0: off; e.g. 0.75 scales each earlier layer's lr by 0.75
+    layer_decay_floor: float = 1.0  # lr scale of the lowest layer group (1: off); the head keeps 1
     warmup_epochs: int = 1
     head_epochs: int = 0  # first epochs train the new head only, the backbone frozen
     label_smoothing: float = 0.1
     mixup: float = 0.0  # mixup alpha (0: off)
     cutmix: float = 0.0  # cutmix alpha (0: off)
+    mixup_prob: float = 1.0  # share of batches that are mixed
+    mixup_off_epoch: int = 0  # from this epoch (counting from 0) on, no mixing (0: never off)
     drop_path: float = 0.0
-    ema_decay: float = 0.0  # 0: off; else OOF logits and the checkpoint use the EMA weights
+    ema_decay: float = 0.0  # 0: off; else an EMA (with warm-up) is kept and the better of EMA and raw is saved
     accumulate: int = 1  # gradient accumulation: micro-batches of batch_size / accumulate
     image_size: int = 224
     weights: str = "hub"
@@ -84,10 +86,16 @@ class TrainConfig(BackboneConfig):
 
 
 @dataclass(frozen=True)
+class TtaConfig:
+    """Test-time views, the same for OOF logits (train) and test logits (predict): the ensemble is fitted on one."""
+
+    hflip: bool = True  # also the mirror image
+    shift: int = 0  # > 0: also 4 copies shifted by this many pixels
+
+
+@dataclass(frozen=True)
 class PredictConfig:
     batch_size: int = 256
-    hflip: bool = True  # test-time augmentation: also predict the mirror image
-    shift: int = 0  # > 0: also predict 4 copies shifted by this many pixels
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,7 @@ class Config:
     cv: CvConfig = field(default_factory=CvConfig)
     backbones: tuple[str, ...] = ()
     train: TrainConfig = field(default_factory=TrainConfig)
+    tta: TtaConfig = field(default_factory=TtaConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
@@ -154,6 +163,11 @@ def _check(cfg: Config, where: str) -> None:
             raise ConfigError(
                 f"{where}:train for {backbone}: batch_size must be a multiple of accumulate, head_epochs"
                 " fewer than epochs, and 0 <= ema_decay < 1."
+            )
+        if not 0 < bb.layer_decay_floor <= 1 or not 0 <= bb.mixup_prob <= 1 or bb.mixup_off_epoch < 0:
+            raise ConfigError(
+                f"{where}:train for {backbone}: layer_decay_floor must be in (0, 1], mixup_prob in [0, 1] and"
+                " mixup_off_epoch >= 0."
             )
 
 

@@ -36,6 +36,14 @@ class World:
         if self.size > 1:
             dist.barrier()
 
+    def broadcast_object(self, obj):
+        """Rank 0's `obj` on every rank (what the others pass is ignored): one decision, the same everywhere."""
+        if self.size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
 
 def torchrun_command(nproc_per_node: int, module: str, argv: list[str]) -> list[str] | None:
     """The argument list that re-runs `python -m module argv` as `nproc_per_node` DDP processes on this machine.

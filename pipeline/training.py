@@ -1,13 +1,16 @@
 """THE training loop: fine-tune one backbone on one fold's training images; OOF logits from `predict_logits`.
 
-The recipe is timm's building blocks: `create_optimizer_v2` (AdamW by default, optional layer decay), a cosine
-schedule with warmup stepped per update, label smoothing, optional mixup/cutmix (`Mixup`), drop path, EMA
-weights (`ModelEmaV3`), head-only warm-up epochs, gradient accumulation, AMP on CUDA, channels_last, optional
-`torch.compile`. Under torchrun every process draws the same global batch and trains on its shard (DDP).
+The recipe (`pipeline.recipe`) is timm's building blocks; this module runs it: per-update steps with
+gradient accumulation, AMP on CUDA, head-only warm-up epochs, mixup switched off for the last epochs, an EMA
+evaluated beside the raw weights (the better of the two is kept), and under torchrun every process drawing
+the same global batch and training on its shard (DDP).
 
-Every epoch draws its shuffle, augmentations and dropout from seeds derived from (seed, epoch), and a resume
-file is written after every epoch, so a run killed and re-run continues where it stopped and ends with the
-same weights as an uninterrupted one (on the CPU; GPU kernels are not bit-deterministic).
+On CUDA an update never waits for the device: the loss and its finiteness stay on the device and are read
+once per `SYNC_EVERY` updates, augmentation randomness is drawn there, the fold's images are copied there
+once per epoch. Every epoch draws its shuffle, augmentations and dropout from seeds derived from (seed,
+epoch), and a resume file is written after every epoch, so a run killed and re-run continues where it
+stopped and ends with the same weights as an uninterrupted one (on the CPU; GPU kernels are not
+bit-deterministic).
 """
 
 from __future__ import annotations
@@ -15,33 +18,30 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pipeline.atomic import atomic_file, write_json
 from pipeline.batches import autocast_dtype, random_crop_flip, to_device, to_model_input
-from pipeline.config import BackboneConfig
+from pipeline.config import BackboneConfig, TtaConfig
 from pipeline.distributed import World
 from pipeline.errors import PipelineError
 from pipeline.folds import Split
 from pipeline.inference import predict_logits
 from pipeline.metrics import logits_metrics
-from pipeline.models import create_backbone, normalisation, save_checkpoint
+from pipeline.models import normalisation, save_checkpoint
+from pipeline.recipe import Recipe, build_recipe, set_head_only
 from pipeline.scores import save_scores
+
+SYNC_EVERY = 50  # updates between the host's reads of the loss (each read waits for the device)
 
 log = logging.getLogger(__name__)
 
@@ -72,55 +72,6 @@ class FoldResult:
             Path(self.resume_path).unlink(missing_ok=True)
 
 
-@dataclass
-class Recipe:
-    """Everything that is built from the config and updated while training."""
-
-    model: nn.Module  # the plain model (what is saved)
-    forward: nn.Module  # what the batch goes through: the model, compiled and/or DDP-wrapped
-    optimizer: torch.optim.Optimizer
-    scheduler: object  # timm scheduler, stepped per optimizer update
-    scaler: torch.amp.GradScaler
-    ema: ModelEmaV3 | None
-    mixup: Mixup | None
-    updates_per_epoch: int
-
-    def state(self) -> dict:
-        """The objects a resume file saves and restores."""
-        state = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
-        if self.ema is not None:
-            state["ema"] = self.ema
-        if self.scaler.is_enabled():
-            state["scaler"] = self.scaler
-        return state
-
-
-def build_recipe(backbone: str, cfg: BackboneConfig, n_train: int, world: World) -> Recipe:
-    torch.manual_seed(cfg.seed)  # the new head's initialisation, identical on every rank
-    model = create_backbone(backbone, cfg.weights, drop_path=cfg.drop_path)
-    model.to(world.device).to(memory_format=torch.channels_last)
-    updates_per_epoch = math.ceil(n_train / cfg.batch_size)
-    optimizer = create_optimizer_v2(
-        model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay or None
-    )
-    scheduler, _ = create_scheduler_v2(
-        optimizer, sched="cosine", num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.lr * 0.01,
-        min_lr=cfg.lr * 0.01, step_on_epochs=False, updates_per_epoch=updates_per_epoch,
-    )  # fmt: skip
-    scaler = torch.amp.GradScaler(world.device.type, enabled=autocast_dtype(world.device) == torch.float16)
-    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
-    mixup = None
-    if cfg.mixup > 0 or cfg.cutmix > 0:
-        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
-                      num_classes=model.num_classes)  # fmt: skip
-    forward = torch.compile(model) if cfg.compile else model
-    if world.size > 1:
-        if world.device.type == "cuda":
-            forward = nn.SyncBatchNorm.convert_sync_batchnorm(forward)
-        forward = DistributedDataParallel(forward, device_ids=[world.device] if world.device.type == "cuda" else None)
-    return Recipe(model, forward, optimizer, scheduler, scaler, ema, mixup, updates_per_epoch)
-
-
 def train_one_fold(
     backbone: str,
     split: Split,
@@ -128,21 +79,26 @@ def train_one_fold(
     world: World,
     *,
     name: str,
+    tta: TtaConfig | None = None,
     resume_path: Path | None = None,
 ) -> FoldResult:
-    """Fine-tune timm `backbone` on `split`; returns the (EMA) model, its OOF logits, metrics and curves.
+    """Fine-tune timm `backbone` on `split`; returns the kept model, its OOF logits (`tta` views), metrics, curves.
 
-    `name` (e.g. "resnet18 fold 0") labels logs and errors. With `resume_path`, training state is saved
-    there after each epoch (by the main process) and picked up from there if it was made with the same
-    settings and split; `FoldResult.save` deletes it once the outputs are written. Under torchrun only the
-    main process's result is meant to be saved.
+    `name` (e.g. "resnet18 fold 0") labels logs and errors. With EMA on, both the raw and the EMA weights are
+    scored on the held-out images every epoch, and the better of the two at the end is the result (the metrics
+    say which). With `resume_path`, training state is saved there after each epoch (by the main process) and
+    picked up from there if it was made with the same settings and split; `FoldResult.save` deletes it once the
+    outputs are written. Under torchrun only the main process's result is meant to be saved.
     """
+    tta = tta or TtaConfig()
     recipe = build_recipe(backbone, cfg, len(split.train_images), world)
     mean, std = normalisation(recipe.model)
     # everything that decides the weights: a resume file made with another split has seen these valid images
-    fingerprint = {"backbone": backbone, "split": split.digest(), "world": world.size, **dataclasses.asdict(cfg)}
+    fingerprint = {"backbone": backbone, "split": split.digest(), "world": world.size, "tta": dataclasses.asdict(tta),
+                   **dataclasses.asdict(cfg)}  # fmt: skip
     start_epoch, history = 0, []
-    snapshot = _read_resume(resume_path, fingerprint, name)
+    # rank 0 reads the file and hands it to the others: on several machines only its disk holds it
+    snapshot = world.broadcast_object(_read_resume(resume_path, fingerprint, name) if world.is_main else None)
     if snapshot is not None:
         try:
             for key, obj in recipe.state().items():
@@ -160,11 +116,10 @@ def train_one_fold(
             f", resuming at epoch {start_epoch + 1}" if start_epoch else "",
         )  # fmt: skip
 
-    def evaluate(epochs_done: int) -> np.ndarray:
-        model = recipe.ema.module if recipe.ema is not None else recipe.model
+    def evaluate(model: nn.Module, epochs_done: int) -> np.ndarray:
         logits = predict_logits(
-            model, split.valid_images, image_size=cfg.image_size, mean=mean, std=std,
-            batch_size=cfg.batch_size * 2, device=world.device, desc=f"{name} valid",
+            model, split.valid_images, image_size=cfg.image_size, mean=mean, std=std, batch_size=cfg.batch_size * 2,
+            device=world.device, hflip=tta.hflip, shift=tta.shift, desc=f"{name} valid",
         )  # fmt: skip
         if not np.isfinite(logits).all():
             raise PipelineError(
@@ -173,60 +128,80 @@ def train_one_fold(
             )
         return logits
 
+    def evaluate_both(epochs_done: int) -> dict[str, np.ndarray]:
+        """Held-out logits of the raw weights and, with EMA on, of the EMA weights."""
+        candidates = {"raw": recipe.model} | ({"ema": recipe.ema.module} if recipe.ema is not None else {})
+        return {kind: evaluate(model, epochs_done) for kind, model in candidates.items()}
+
     valid_logits = None
     with logging_redirect_tqdm():
         for epoch in range(start_epoch, cfg.epochs):
             train_loss = train_epoch(recipe, split, cfg, world, epoch, mean, std, name=name)
             if world.is_main:
-                valid_logits = evaluate(epoch + 1)
-                row = {
-                    "epoch": epoch + 1,
-                    "lr": recipe.optimizer.param_groups[-1]["lr"],
-                    "train_loss": train_loss,
-                    **{f"valid_{k}": v for k, v in logits_metrics(valid_logits, split.valid_labels).items()},
-                }
+                valid_logits = evaluate_both(epoch + 1)
+                row = {"epoch": epoch + 1, "lr": recipe.optimizer.param_groups[-1]["lr"], "train_loss": train_loss}
+                for kind, logits in valid_logits.items():
+                    prefix = "valid" if kind == "raw" else "ema_valid"
+                    row |= {f"{prefix}_{k}": v for k, v in logits_metrics(logits, split.valid_labels).items()}
                 history.append(row)
                 log.info(
-                    "%s epoch %d: lr %.2e train_loss %.4f valid_loss %.4f valid_acc %.4f",
+                    "%s epoch %d: lr %.2e train_loss %.4f valid_loss %.4f valid_acc %.4f%s",
                     name, row["epoch"], row["lr"], row["train_loss"], row["valid_log_loss"], row["valid_accuracy"],
+                    f" ema_valid_loss {row['ema_valid_log_loss']:.4f} ema_valid_acc {row['ema_valid_accuracy']:.4f}"
+                    if "ema_valid_accuracy" in row else "",
                 )  # fmt: skip
                 _save_resume(resume_path, recipe.state(), fingerprint, epoch + 1, history)
             world.barrier()
 
     if valid_logits is None:  # resumed after the last epoch, or not the main process
-        valid_logits = evaluate(cfg.epochs)
-    model = recipe.ema.module if recipe.ema is not None else recipe.model
-    metrics = logits_metrics(valid_logits, split.valid_labels)
-    return FoldResult(model, valid_logits, metrics, history, world.is_main, resume_path)
+        valid_logits = evaluate_both(cfg.epochs)
+    scored = {kind: logits_metrics(logits, split.valid_labels) for kind, logits in valid_logits.items()}
+    kept = better_weights(scored)
+    model = recipe.model if kept == "raw" else recipe.ema.module
+    metrics = {**scored[kept], "weights": kept, **{f"{kind}_accuracy": m["accuracy"] for kind, m in scored.items()}}
+    return FoldResult(model, valid_logits[kept], metrics, history, world.is_main, resume_path)
+
+
+def better_weights(scored: dict[str, dict[str, float]]) -> str:
+    """The kind of weights ("raw", "ema") with the higher held-out accuracy; ties go to the lower log loss."""
+    return max(scored, key=lambda kind: (scored[kind]["accuracy"], -scored[kind]["log_loss"]))
 
 
 def train_epoch(
     recipe: Recipe, split: Split, cfg: BackboneConfig, world: World, epoch: int,
     mean: tuple[float, ...], std: tuple[float, ...], *, name: str, max_updates: int | None = None,
 ) -> float:  # fmt: skip
-    """One pass over the training images; returns the mean training loss. `max_updates` cuts it short."""
+    """One pass over the training images; returns the mean training loss. `max_updates` cuts it short.
+
+    Reads nothing back from the device but once per `SYNC_EVERY` updates and at the end (the loss, and
+    whether any was non-finite: then the stage stops, naming the epoch).
+    """
+    device = world.device
     torch.manual_seed(cfg.seed * 1000 + epoch)  # drop path / dropout
     np.random.seed(cfg.seed * 1000 + epoch)  # timm's Mixup draws from numpy's global generator
-    augment_rng = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(split.train_images))
-    head_only = epoch < cfg.head_epochs
-    for param_name, param in recipe.model.named_parameters():
-        param.requires_grad_(not head_only or param_name.startswith(recipe.model.default_cfg["classifier"]))
-    amp = autocast_dtype(world.device)
+    augment_rng = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + epoch)
+    order = to_device(np.random.default_rng([cfg.seed, epoch]).permutation(len(split.train_images)), device)
+    images_all, labels_all = to_device(split.train_images, device), to_device(split.train_labels, device)
+    set_head_only(recipe, epoch < cfg.head_epochs, cfg, world)
+    if recipe.mixup is not None:  # timm's mixup_off_epoch: the last epochs see real images only
+        recipe.mixup.mixup_enabled = not (cfg.mixup_off_epoch and epoch >= cfg.mixup_off_epoch)
+    amp = autocast_dtype(device)
     micro_batch = cfg.batch_size // cfg.accumulate
     recipe.forward.train()
-    loss_sum, n_seen = 0.0, 0
+    loss_sum = torch.zeros((), device=device)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    n_seen = 0
     n_updates = recipe.updates_per_epoch if max_updates is None else min(max_updates, recipe.updates_per_epoch)
     bar = tqdm(range(n_updates), desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", leave=False,
                disable=not world.is_main)  # fmt: skip
     for update in bar:
         batch_idx = order[update * cfg.batch_size : (update + 1) * cfg.batch_size]
         # every rank augments the whole global batch (cheap, uint8) so the result does not depend on sharding
-        images = random_crop_flip(to_device(split.train_images[batch_idx], world.device), cfg.crop_padding,
-                                  augment_rng)  # fmt: skip
-        labels = torch.from_numpy(split.train_labels[batch_idx]).to(world.device)
+        images = random_crop_flip(images_all[batch_idx], cfg.crop_padding, augment_rng)
+        labels = labels_all[batch_idx]
         recipe.optimizer.zero_grad(set_to_none=True)
-        for start in range(0, len(batch_idx), micro_batch):
+        starts = range(0, len(batch_idx), micro_batch)
+        for start in starts:
             micro = slice(start, start + micro_batch)
             shard = world.shard(len(images[micro]))
             x = to_model_input(images[micro][shard], cfg.image_size, mean, std)
@@ -234,30 +209,41 @@ def train_epoch(
             mixed = recipe.mixup is not None and len(y) % 2 == 0  # timm's Mixup pairs images: even batches only
             if mixed:
                 x, y = recipe.mixup(x, y)  # y becomes smoothed soft targets
-            with torch.autocast(world.device.type, dtype=amp) if amp else contextlib.nullcontext():
-                logits = recipe.forward(x).float()
-            if mixed:
-                loss = SoftTargetCrossEntropy()(logits, y) * len(y)  # a sum, like the other branch
-            else:
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing, reduction="sum")
-            # a sum over this shard / the global batch x world size: DDP's gradient mean then equals the
-            # gradient of the global batch mean, however the batch was sharded or accumulated
-            scaled = loss * world.size / len(batch_idx)
-            if not torch.isfinite(scaled):
-                raise PipelineError(
-                    f"{name} epoch {epoch + 1}: the training loss is {scaled.item()}; lower train.lr"
-                    " (or this backbone's override) and re-run."
-                )
-            recipe.scaler.scale(scaled).backward()
-            loss_sum, n_seen = loss_sum + loss.item(), n_seen + len(y)
+            # DDP all-reduces gradients on the last micro-batch of an update only
+            accumulating = world.size > 1 and start != starts[-1]
+            with recipe.forward.no_sync() if accumulating else contextlib.nullcontext():
+                with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
+                    logits = recipe.forward(x).float()
+                if mixed:
+                    loss = SoftTargetCrossEntropy()(logits, y) * len(y)  # a sum, like the other branch
+                else:
+                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing, reduction="sum")
+                # a sum over this shard / the global batch x world size: DDP's gradient mean then equals the
+                # gradient of the global batch mean, however the batch was sharded or accumulated
+                scaled = loss * world.size / len(batch_idx)
+                recipe.scaler.scale(scaled).backward()
+            loss_sum += loss.detach()
+            nonfinite |= ~torch.isfinite(loss.detach())
+            n_seen += len(y)
         recipe.scaler.step(recipe.optimizer)
         recipe.scaler.update()
         step = epoch * recipe.updates_per_epoch + update + 1
         recipe.scheduler.step_update(step)
         if recipe.ema is not None:
             recipe.ema.update(recipe.model, step=step)
-        bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}")
-    return loss_sum / n_seen  # this process's share: under DDP, an estimate of the global mean
+        if (update + 1) % SYNC_EVERY == 0 or update + 1 == n_updates:
+            mean_loss = _read_loss(loss_sum, nonfinite, n_seen, f"{name} epoch {epoch + 1}")
+            bar.set_postfix(loss=f"{mean_loss:.3f}")
+    return mean_loss  # this process's share: under DDP, an estimate of the global mean
+
+
+def _read_loss(loss_sum: torch.Tensor, nonfinite: torch.Tensor, n_seen: int, where: str) -> float:
+    """The mean loss so far, read from the device (one wait); a non-finite loss stops the stage."""
+    if bool(nonfinite):
+        raise PipelineError(
+            f"{where}: the training loss is {float(loss_sum)}; lower train.lr (or this backbone's override) and re-run."
+        )
+    return float(loss_sum) / n_seen
 
 
 def _save_resume(path: Path | None, state: dict, fingerprint: dict, epochs_done: int, history: list) -> None:

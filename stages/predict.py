@@ -1,4 +1,4 @@
-"""Predict every test image with every fold's model of one backbone (TTA views), averaged over folds."""
+"""Predict every test image with every fold's model of one backbone (the `tta` views), averaged over folds."""
 
 import argparse
 from pathlib import Path
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     data = dataset.load_dataset(args.data)
     logits = inference.predict_with_checkpoints(
         [layout.fold_file(args.models, args.backbone, k, ".safetensors") for k in cfg.cv.folds], args.backbone,
-        data.test_images, batch_size=cfg.predict.batch_size, hflip=cfg.predict.hflip, shift=cfg.predict.shift,
+        data.test_images, batch_size=cfg.predict.batch_size, hflip=cfg.tta.hflip, shift=cfg.tta.shift,
         device=batches.pick_device(),
     )  # fmt: skip
     # 300,000 x 10 logits: 6 MB as float16; save_scores refuses rows that overflow it

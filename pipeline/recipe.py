@@ -1,0 +1,128 @@
+"""The fine-tuning recipe built from timm's blocks: model, optimizer with layer decay, schedule, EMA, mixup.
+
+`build_recipe` makes every object a fold's training updates; `wrap_for_world` puts the model behind DDP
+(several processes) and `torch.compile`. Layer decay is set by the lowest group's lr scale, not by a per-layer
+factor: timm's per-layer factor compounds over each model's own number of groups (20 for convnext_tiny, 42
+for tf_efficientnetv2_s), so one factor freezes a deep model's early layers and barely touches a shallow one's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import timm.layers
+import torch
+from timm.data import Mixup
+from timm.models import group_parameters
+from timm.optim import create_optimizer_v2
+from timm.optim._param_groups import auto_group_layers
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from pipeline.batches import autocast_dtype
+from pipeline.config import BackboneConfig
+from pipeline.distributed import World
+from pipeline.models import create_backbone
+
+
+@dataclass
+class Recipe:
+    """Everything that is built from the config and updated while training."""
+
+    model: nn.Module  # the plain model (what is saved)
+    forward: nn.Module  # what the batch goes through: the model, DDP-wrapped and/or compiled
+    optimizer: torch.optim.Optimizer
+    scheduler: object  # timm scheduler, stepped per optimizer update
+    scaler: torch.amp.GradScaler
+    ema: ModelEmaV3 | None
+    mixup: Mixup | None
+    updates_per_epoch: int
+    head_only: bool = False  # whether only the head is trainable (what `forward` was wrapped for)
+
+    def state(self) -> dict:
+        """The objects a resume file saves and restores."""
+        state = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
+        if self.ema is not None:
+            state["ema"] = self.ema
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler
+        return state
+
+
+def build_recipe(backbone: str, cfg: BackboneConfig, n_train: int, world: World) -> Recipe:
+    torch.manual_seed(cfg.seed)  # the new head's initialisation, identical on every rank
+    if world.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one input size all fold long: let cuDNN pick its fastest kernels
+    model = create_backbone(backbone, cfg.weights, drop_path=cfg.drop_path)
+    model.to(world.device).to(memory_format=torch.channels_last)
+    model = sync_batchnorm_if_needed(model, world)
+    updates_per_epoch = math.ceil(n_train / cfg.batch_size)
+    fused = {"fused": True} if world.device.type == "cuda" and cfg.optimizer.lower() in ("adam", "adamw") else {}
+    optimizer = create_optimizer_v2(
+        model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        layer_decay=layer_decay_for(model, cfg.layer_decay_floor), **fused,
+    )  # fmt: skip
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched="cosine", num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.lr * 0.01,
+        min_lr=cfg.lr * 0.01, step_on_epochs=False, updates_per_epoch=updates_per_epoch,
+    )  # fmt: skip
+    scaler = torch.amp.GradScaler(world.device.type, enabled=autocast_dtype(world.device) == torch.float16)
+    # warm-up: early updates move the EMA fast, so the random head of step 1 does not linger in it
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay > 0 else None
+    mixup = None
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                      label_smoothing=cfg.label_smoothing, num_classes=model.num_classes)  # fmt: skip
+    return Recipe(model, wrap_for_world(model, cfg, world), optimizer, scheduler, scaler, ema, mixup, updates_per_epoch)
+
+
+def sync_batchnorm_if_needed(model: nn.Module, world: World) -> nn.Module:
+    """With several CUDA processes, batch norm over the global batch (NCCL; gloo on the CPU cannot).
+
+    timm's conversion, not torch's: torch's turns timm's BatchNormAct2d (BN + SiLU in one module) into a plain
+    SyncBatchNorm and the activation is never called again.
+    """
+    if world.size > 1 and world.device.type == "cuda":
+        return timm.layers.convert_sync_batchnorm(model)
+    return model
+
+
+def layer_groups(model: nn.Module) -> int:
+    """How many layer groups timm's layer decay gives `model` (its fine-grained `group_matcher`)."""
+    if hasattr(model, "group_matcher"):
+        layer_map = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+    else:
+        layer_map = auto_group_layers(model)
+    return max(layer_map.values()) + 1
+
+
+def layer_decay_for(model: nn.Module, floor: float) -> float | None:
+    """timm's per-group `layer_decay` that scales the lowest group's lr by `floor` (the head keeps 1); None: off."""
+    groups = layer_groups(model)
+    if floor >= 1 or groups < 2:
+        return None
+    return floor ** (1 / (groups - 1))
+
+
+def wrap_for_world(model: nn.Module, cfg: BackboneConfig, world: World) -> nn.Module:
+    """What a batch goes through: DDP over the processes (registering only the parameters that require
+    gradients now: re-wrap when that changes), then `torch.compile`, so that it sees DDP's buckets."""
+    forward = model
+    if world.size > 1:
+        forward = DistributedDataParallel(model, device_ids=[world.device] if world.device.type == "cuda" else None)
+    return torch.compile(forward) if cfg.compile else forward
+
+
+def set_head_only(recipe: Recipe, head_only: bool, cfg: BackboneConfig, world: World) -> None:
+    """Freeze (or unfreeze) everything but the classifier; under DDP, re-wrap for the new set of parameters."""
+    if head_only == recipe.head_only:
+        return
+    head = recipe.model.default_cfg["classifier"]
+    for param_name, param in recipe.model.named_parameters():
+        param.requires_grad_(not head_only or param_name.startswith(head))
+    recipe.head_only = head_only
+    if world.size > 1:
+        recipe.forward = wrap_for_world(recipe.model, cfg, world)
