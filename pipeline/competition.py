@@ -41,7 +41,7 @@ def read_id_label_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise CompetitionFileError(f"{path}: expected the header 'id,label', got {found}; re-run the download stage.")
     ids, labels, seen = [], [], set()
     for line_no, row in enumerate(rows[1:], start=2):
-        if len(row) != 2 or not row[0].strip().isdigit():
+        if len(row) != 2 or not _is_ascii_integer(row[0].strip()):
             raise CompetitionFileError(f"{path}:{line_no}: expected '<id>,<label>' with an integer id, got {row}.")
         image_id, label = int(row[0]), row[1].strip()
         if label not in class_index:
@@ -56,6 +56,11 @@ def read_id_label_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not ids:
         raise CompetitionFileError(f"{path}: has a header but no rows.")
     return np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.int64)
+
+
+def _is_ascii_integer(text: str) -> bool:
+    """`int()` takes it: str.isdigit alone also accepts digits such as '²' that int() refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def id_label_csv_text(ids: np.ndarray, labels: np.ndarray) -> str:

@@ -101,7 +101,7 @@ def read_folds(path: Path, labels: np.ndarray, n_folds: int) -> np.ndarray:
     fold_of_image = np.empty(len(body), dtype=np.int64)
     for line_no, (row, expected_label) in enumerate(zip(body, labels.tolist(), strict=True), start=2):
         expected_id = line_no - 1
-        if len(row) != 3 or row[0] != str(expected_id) or not row[2].isdigit():
+        if len(row) != 3 or row[0] != str(expected_id) or not (row[2].isascii() and row[2].isdigit()):
             raise FoldsError(f"{path}:{line_no}: expected '{expected_id},<label>,<fold>', got {row}; {remake}.")
         if row[1] != CLASSES[expected_label]:
             raise FoldsError(

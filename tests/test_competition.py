@@ -67,3 +67,10 @@ def test_an_unreadable_csv_is_one_clear_error_naming_it(tmp_path, write):
         read_id_label_csv(path)
     assert str(excinfo.value).startswith(f"{path}: cannot read it (")
     assert str(excinfo.value).endswith("); re-run the download stage.")
+
+
+def test_an_id_written_with_unicode_digits_is_refused_not_a_traceback(tmp_path):
+    path = tmp_path / "trainLabels.csv"
+    path.write_text("id,label\n1,cat\n\u00b2,dog\n")
+    with pytest.raises(CompetitionFileError, match=":3: expected '<id>,<label>' with an integer id"):
+        read_id_label_csv(path)

@@ -1,9 +1,11 @@
+import dataclasses
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, _from_dict, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,3 +72,101 @@ def test_bad_params_are_rejected_with_the_key_named(tmp_path, text, message):
 def test_timm_names_with_and_without_tags_are_accepted(tmp_path):
     cfg = load_config(write(tmp_path, "backbones: [convnext_tiny.fb_in22k_ft_in1k, tf_efficientnet_lite0, vit_b_16]\n"))
     assert cfg.backbones == ("convnext_tiny.fb_in22k_ft_in1k", "tf_efficientnet_lite0", "vit_b_16")
+
+
+@pytest.mark.parametrize(
+    "train",
+    [
+        "{weights: w/model.pth}", "{weights: w/model.pt}", "{weights: w/model.bin}", "{weights: w/model.safetensors}",
+        "{epochs: 1}", "{batch_size: 1}", "{image_size: 8}", "{layer_decay_floor: 1.0}", "{mixup_prob: 0.0}",
+        "{mixup_prob: 1.0}", "{ema_decay: 0.0}", "{ema_decay: 0.999}", "{epochs: 2, head_epochs: 1}",
+        "{batch_size: 12, accumulate: 3}",
+    ],
+)  # fmt: skip
+def test_boundary_and_weights_file_settings_are_accepted(tmp_path, train):
+    cfg = load_config(write(tmp_path, f"backbones: [a]\ncv: {{folds: [0, 1]}}\ntrain: {train}\n"))
+    assert cfg.cv.folds == (0, 1)
+    for key, value in yaml.safe_load(train).items():
+        assert getattr(cfg.train.for_backbone("a"), key) == value
+
+
+POSITIVE = "params.yaml:train for a: epochs, batch_size, image_size and accumulate must be positive."
+MULTIPLE = (
+    "params.yaml:train for a: batch_size must be a multiple of accumulate, head_epochs fewer than epochs, and"
+    " 0 <= ema_decay < 1."
+)
+RANGES = "params.yaml:train for a: layer_decay_floor must be in (0, 1], mixup_prob in [0, 1] and mixup_off_epoch >= 0."
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ("{epochs: 0}", POSITIVE),
+        ("{batch_size: 0}", POSITIVE),
+        ("{image_size: 7}", POSITIVE),
+        ("{accumulate: 0}", POSITIVE),
+        ("{batch_size: 10, accumulate: 3}", MULTIPLE),
+        ("{epochs: 2, head_epochs: 2}", MULTIPLE),
+        ("{ema_decay: 1.0}", MULTIPLE),
+        ("{ema_decay: -0.1}", MULTIPLE),
+        ("{layer_decay_floor: 1.5}", RANGES),
+        ("{mixup_prob: -0.1}", RANGES),
+        ("{mixup_off_epoch: -1}", RANGES),
+    ],
+)
+def test_each_out_of_range_training_setting_is_rejected_alone(tmp_path, train, message):
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(write(tmp_path, f"backbones: [a]\ntrain: {train}\n"))
+    assert str(excinfo.value) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("backbones: [a]\ncv: {folds: [0]}\n", "params.yaml:cv:folds must be [0, 1, ..., k-1] with k >= 2, got [0]."),
+        ("backbones: [a]\ncv: {folds: 2}\n", "params.yaml:cv:folds must be a list, got 2."),
+        ("backbones: [a]\ncv: {folds: [0, x]}\n", "params.yaml:cv:folds[1] must be int, got 'x'."),
+        ("backbones: [a]\ntrain: {overrides: [a]}\n", "params.yaml:train:overrides must be a mapping, got ['a']."),
+        ("backbones: [a]\ntrain: {overrides: {a: 3}}\n", "params.yaml:train:overrides:a must be dict, got 3."),
+        ("backbones: [a]\ntrain: {epochs: x}\n", "params.yaml:train:epochs must be int, got 'x'."),
+        ("backbones: [a]\ntrain: {lr: true}\n", "params.yaml:train:lr must be float, got True."),
+        ("backbones: [a]\ntta: {flip: true}\n", "params.yaml:tta:flip is not a known setting; known: hflip, shift."),
+    ],
+)  # fmt: skip
+def test_bad_params_messages_name_the_file_the_key_and_the_value(tmp_path, text, message):
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(write(tmp_path, text))
+    assert str(excinfo.value) == message
+
+
+def test_an_int_is_accepted_where_a_float_is_expected(tmp_path):
+    cfg = load_config(write(tmp_path, "backbones: [a]\ntrain: {lr: 1}\n"))
+    assert cfg.train.lr == 1.0 and type(cfg.train.lr) is float
+
+
+def test_a_bad_backbone_name_message_says_what_a_timm_name_looks_like(tmp_path):
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(write(tmp_path, "backbones: [A]\n"))
+    assert str(excinfo.value).endswith(
+        " .tag, e.g. convnext_tiny.fb_in22k_ft_in1k); see `timm.list_models('<pattern>')`."
+    )
+
+
+@pytest.mark.parametrize("text", [None, "backbones: [a\n"])
+def test_a_missing_or_unparsable_params_yaml_is_rejected(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path)
+    assert str(excinfo.value).startswith(f"{path}: cannot read it as YAML (")
+
+
+def test_a_union_type_in_the_schema_is_a_programming_error():
+    @dataclasses.dataclass(frozen=True)
+    class Schema:
+        value: int | None = None
+
+    with pytest.raises(TypeError) as excinfo:
+        _from_dict(Schema, {"value": 1}, "where")
+    assert str(excinfo.value) == "where:value: union types are not supported in the config schema"

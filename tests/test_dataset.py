@@ -1,15 +1,24 @@
 import errno
+import logging
 import os
 import shutil
 from collections import namedtuple
 
 import numpy as np
+import py7zr
 import pytest
 
 import pipeline.dataset
 from pipeline.archive import ArchiveError
 from pipeline.competition import CompetitionFileError, read_id_label_csv
-from pipeline.dataset import DatasetError, extract_competition, load_dataset
+from pipeline.dataset import (
+    DatasetError,
+    _check_free_space,
+    _check_same_ids,
+    _reserve_blocks,
+    extract_competition,
+    load_dataset,
+)
 from tests.conftest import N_TEST, N_TRAIN
 
 
@@ -34,7 +43,8 @@ def test_a_label_without_an_image_is_rejected_and_nothing_written(raw_dir, tmp_p
 def test_an_image_without_a_label_is_rejected(raw_dir, tmp_path):
     lines = (raw_dir / "trainLabels.csv").read_text().splitlines()
     (raw_dir / "trainLabels.csv").write_text("\n".join(lines[:-1]) + "\n")
-    with pytest.raises(CompetitionFileError, match=f"1 images of train.7z have no label, the first is id {N_TRAIN}"):
+    message = f"trainLabels.csv: 1 images of train.7z have no label, the first is id {N_TRAIN}"
+    with pytest.raises(CompetitionFileError, match=message):
         extract_competition(raw_dir, tmp_path / "data")
 
 
@@ -119,3 +129,106 @@ def test_blocks_are_reserved_before_decoding(raw_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline.dataset, "decode_archive_into", lambda *a: (order.append("decode"), real_decode(*a)))
     extract_competition(raw_dir, tmp_path / "data")
     assert order == ["reserve", "decode", "reserve", "decode"]
+
+
+def write_arrays(folder, train_images, train_labels, test_images):
+    folder.mkdir(exist_ok=True)
+    np.save(folder / "train_images.npy", train_images)
+    np.save(folder / "train_labels.npy", train_labels)
+    np.save(folder / "test_images.npy", test_images)
+    return folder
+
+
+def test_images_are_memory_mapped_and_labels_read_into_memory(tmp_path):
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    write_arrays(tmp_path / "data", images, np.array([0, 9], np.int64), images[:1])
+    data = load_dataset(tmp_path / "data")
+    assert isinstance(data.train_images, np.memmap) and isinstance(data.test_images, np.memmap)
+    assert not isinstance(data.train_labels, np.memmap) and data.train_labels.tolist() == [0, 9]
+    assert data.train_ids.tolist() == [1, 2] and data.test_ids.tolist() == [1]
+
+
+def test_free_space_check_makes_the_missing_parent_folders(tmp_path):
+    _check_free_space(tmp_path / "a" / "b", 1)
+    assert (tmp_path / "a" / "b").is_dir()
+
+
+@pytest.mark.parametrize(("free", "enough"), [(1010, True), (1009, False)])
+def test_free_space_must_cover_the_arrays_plus_one_percent(tmp_path, monkeypatch, free, enough):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - free, free))
+    if enough:
+        _check_free_space(tmp_path, 1000)
+        return
+    with pytest.raises(DatasetError) as excinfo:
+        _check_free_space(tmp_path, 1000)
+    assert str(excinfo.value) == (
+        f"{tmp_path}: the arrays need 1,010 bytes but only 1,009 are free; free 1 bytes (e.g. `dvc gc -w` or"
+        " another disk) and re-run the extract stage."
+    )
+
+
+def test_the_whole_file_is_reserved_from_its_first_byte(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(os, "posix_fallocate", lambda fd, offset, length: calls.append((offset, length)))
+    (tmp_path / "a.npy").write_bytes(bytes(100))
+    _reserve_blocks(tmp_path / "a.npy")
+    assert calls == [(0, 100)]
+
+
+def fallocate_failing_with(code):
+    def fallocate(fd, offset, length):
+        raise OSError(code, os.strerror(code))
+
+    return fallocate
+
+
+def test_a_full_disk_while_reserving_names_the_file_and_its_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "posix_fallocate", fallocate_failing_with(errno.ENOSPC))
+    (tmp_path / "a.npy").write_bytes(bytes(1000))
+    with pytest.raises(DatasetError) as excinfo:
+        _reserve_blocks(tmp_path / "a.npy")
+    assert str(excinfo.value) == (
+        f"{tmp_path / 'a.npy'}: the disk is full (1,000 bytes needed for this array); free space and re-run the"
+        " extract stage."
+    )
+
+
+@pytest.mark.parametrize("code", [errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL])
+def test_file_systems_without_fallocate_are_left_to_the_free_space_check(tmp_path, monkeypatch, code):
+    monkeypatch.setattr(os, "posix_fallocate", fallocate_failing_with(code))
+    (tmp_path / "a.npy").write_bytes(bytes(10))
+    _reserve_blocks(tmp_path / "a.npy")
+    assert (tmp_path / "a.npy").read_bytes() == bytes(10)
+
+
+def test_other_fallocate_errors_are_raised(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "posix_fallocate", fallocate_failing_with(errno.EIO))
+    (tmp_path / "a.npy").write_bytes(bytes(10))
+    with pytest.raises(OSError) as excinfo:
+        _reserve_blocks(tmp_path / "a.npy")
+    assert excinfo.value.errno == errno.EIO and not isinstance(excinfo.value, DatasetError)
+
+
+def test_a_label_without_an_image_names_the_labels_file(tmp_path):
+    with pytest.raises(CompetitionFileError) as excinfo:
+        _check_same_ids(tmp_path / "labels.csv", np.array([1, 3]), np.array([1, 2]), "train.7z")
+    assert str(excinfo.value) == f"{tmp_path / 'labels.csv'}: 1 ids have no image in train.7z, the first is id 3."
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_badly_named_member_names_its_archive(raw_dir, tmp_path, split):
+    with py7zr.SevenZipFile(raw_dir / f"{split}.7z", "w") as archive:
+        archive.writestr(b"not a png", f"{split}/one.png")
+    with pytest.raises(ArchiveError) as excinfo:
+        extract_competition(raw_dir, tmp_path / "data")
+    assert str(excinfo.value).startswith(f"{raw_dir / f'{split}.7z'}: member '{split}/one.png' is not named")
+
+
+def test_extract_logs_the_counts_and_the_folder(raw_dir, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="pipeline.dataset"):
+        extract_competition(raw_dir, tmp_path / "data")
+    assert [r.getMessage() for r in caplog.records if r.name == "pipeline.dataset"] == [
+        f"{N_TRAIN} train images ({N_TRAIN} labelled), {N_TEST} test images",
+        f"wrote {tmp_path / 'data'}",
+    ]

@@ -67,6 +67,7 @@ def test_folds_csv_that_does_not_match_the_data_or_cv_folds_is_refused(folds_csv
         read_folds(path, labels, n_folds)
     assert str(path) in str(excinfo.value) and message in str(excinfo.value)
     assert "dvc repro folds" in str(excinfo.value)
+    assert str(excinfo.value).endswith("; re-run the folds stage (`dvc repro folds`).")
 
 
 def test_missing_folds_csv_says_which_stage_writes_it(tmp_path):
@@ -93,3 +94,65 @@ def test_a_fold_outside_folds_csv_is_refused():
     labels = np.repeat(np.arange(10), 2)
     with pytest.raises(FoldsError, match="fold 2 holds 0 of 20 images"):
         split_fold(np.zeros((20, 32, 32, 3), np.uint8), labels, make_folds(labels, 2, seed=0), fold=2)
+
+
+def test_a_class_with_no_images_is_refused_and_the_message_says_what_to_do():
+    labels = np.repeat(np.arange(9), 4)  # no image of class 9 (truck)
+    with pytest.raises(FoldsError) as excinfo:
+        make_folds(labels, 2, seed=0)
+    assert str(excinfo.value) == (
+        "cv:folds asks for 2 folds but a class has only 0 images; use fewer folds or more training images."
+    )
+
+
+def test_split_keeps_each_side_labels_aligned_with_its_images():
+    labels = np.repeat(np.arange(10), 2)
+    fold_of_image = make_folds(labels, 2, seed=0)
+    images = np.arange(20, dtype=np.uint8)[:, None, None, None] * np.ones((1, 32, 32, 3), np.uint8)
+    split = split_fold(images, labels, fold_of_image, fold=0)
+    assert split.valid_labels.tolist() == labels[split.valid_images[:, 0, 0, 0]].tolist()
+    assert split.train_labels.tolist() == labels[split.train_images[:, 0, 0, 0]].tolist()
+    assert len(split.valid_labels) == 10 and len(split.train_labels) == 10
+
+
+def test_split_digest_is_128_bits_of_hex():
+    labels = np.repeat(np.arange(10), 2)
+    split = split_fold(np.zeros((20, 32, 32, 3), np.uint8), labels, make_folds(labels, 2, seed=0), fold=0)
+    assert len(split.digest()) == 32 and int(split.digest(), 16) >= 0
+
+
+def test_folds_csv_has_unix_line_endings(tmp_path):
+    labels = np.array([0, 1])
+    write_folds(tmp_path / "folds.csv", np.array([1, 2]), labels, np.array([0, 1]))
+    assert (tmp_path / "folds.csv").read_bytes() == b"id,label,fold\n1,airplane,0\n2,automobile,1\n"
+
+
+def test_write_folds_refuses_arrays_of_different_lengths_and_writes_nothing(tmp_path):
+    with pytest.raises(ValueError, match="zip"):
+        write_folds(tmp_path / "folds.csv", np.array([1, 2, 3]), np.array([0, 1, 2]), np.array([0, 1]))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreadable_folds_csv_is_refused_naming_the_fix(tmp_path):
+    (tmp_path / "folds.csv").mkdir()  # a folder where the file should be
+    with pytest.raises(FoldsError) as excinfo:
+        read_folds(tmp_path / "folds.csv", np.zeros(3, np.int64), 2)
+    message = str(excinfo.value)
+    assert message.startswith(f"{tmp_path / 'folds.csv'}: cannot read it (")
+    assert message.endswith("; re-run the folds stage (`dvc repro folds`).")
+
+
+def test_a_label_is_quoted_in_the_error_exactly_as_the_file_holds_it(tmp_path):
+    path = tmp_path / "folds.csv"
+    path.write_bytes(b'id,label,fold\r\n1,"air\r\nplane",0\r\n2,automobile,1\r\n')
+    with pytest.raises(FoldsError, match=r"id 1 is labelled 'air\\r\\nplane' but"):
+        read_folds(path, np.array([0, 1]), 2)
+
+
+def test_a_fold_written_with_unicode_digits_is_refused_not_a_traceback(folds_csv):
+    path, labels = folds_csv
+    rows = path.read_text().splitlines()
+    rows[1] = rows[1][:-1] + "\u00b2"  # '²': str.isdigit() says yes, int() says no
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(FoldsError, match=":2: expected '1,<label>,<fold>'"):
+        read_folds(path, labels, 3)

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 
@@ -88,3 +90,37 @@ def test_oof_files_are_assembled_in_id_order_and_must_hold_exactly_their_folds_i
         load_oof([tmp_path / "fold0.npz", tmp_path / "fold1.npz"], other_split)
     with pytest.raises(ScoresError, match="1 OOF files for the 2 folds"):
         load_oof([tmp_path / "fold0.npz"], fold_of_image)
+
+
+def test_oof_logits_are_float32_whatever_the_stored_dtype(tmp_path):
+    fold_of_image = np.array([0, 1])
+    save_scores(tmp_path / "fold0.npz", np.array([1]), logits(1), dtype=np.float16)
+    save_scores(tmp_path / "fold1.npz", np.array([2]), logits(1, seed=1), dtype=np.float64)
+    oof = load_oof([tmp_path / "fold0.npz", tmp_path / "fold1.npz"], fold_of_image)
+    assert oof.dtype == np.float32 and oof.shape == (2, 10)
+
+
+def test_a_non_finite_row_is_named_by_its_own_id(tmp_path):
+    scores = logits(3)
+    scores[1, 4] = np.inf
+    write_raw(tmp_path / "s.npz", ids=np.array([5, 6, 7]), scores=scores)
+    with pytest.raises(ScoresError, match=r"non-finite scores \(the first for image id 6\)"):
+        load_scores(tmp_path / "s.npz")
+
+
+def test_float16_overflow_is_a_scores_error_not_a_numpy_warning(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ScoresError) as excinfo:
+            save_scores(tmp_path / "s.npz", np.array([1]), np.full((1, 10), 1.0e5), dtype=np.float16)
+    assert str(excinfo.value).endswith(
+        "the model that made them is broken (diverged training, or logits beyond float16's range); re-train it"
+        " with a lower train.lr."
+    )
+
+
+def test_malformed_scores_are_refused_on_writing_naming_the_file(tmp_path):
+    with pytest.raises(ScoresError, match="ids must be a 1-D integer array") as excinfo:
+        save_scores(tmp_path / "s.npz", np.array([[1, 2]]), logits(2))
+    assert str(excinfo.value).startswith(f"{tmp_path / 's.npz'}: ")
+    assert list(tmp_path.iterdir()) == []
