@@ -20,7 +20,7 @@ import torch
 from host import describe_host
 from train_throughput import bare
 
-from pipeline.config import BackboneConfig, load_config
+from pipeline.config import TrainConfig, load_config
 from pipeline.distributed import World
 from pipeline.folds import Split
 from pipeline.host_sync import count_host_syncs
@@ -41,7 +41,7 @@ def separable(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.int64)
 
 
-def smoke(backbone: str, cfg: BackboneConfig, updates: int, world: World) -> dict[str, float]:
+def smoke(backbone: str, cfg: TrainConfig, updates: int, world: World) -> dict[str, float]:
     images, labels = separable(cfg.batch_size * updates, seed=1)
     valid_images, valid_labels = separable(500, seed=2)
     split = Split(images, labels, valid_images, valid_labels, np.arange(1, 501))
@@ -84,16 +84,16 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     params = load_config()
-    backbones = TINY_BACKBONES if tiny else params.backbones
+    tiny_cfg = TrainConfig(epochs=1, batch_size=16, lr=3.0e-3, warmup_epochs=0, image_size=32, weights="scratch")
+    # the real recipe, one short fold
+    runs = [(model, tiny_cfg) for model in TINY_BACKBONES] if tiny else [
+        (bb.model, TrainConfig(**{**bb.train.__dict__, "epochs": 1, "warmup_epochs": 0, "mixup_off_epoch": 0}))
+        for bb in params.backbones.values()
+    ]  # fmt: skip
     updates = args.updates or (40 if tiny else 200)
     print(describe_host())
     print(f"{'backbone':<36} {'px':>4} {'syncs/update':>12} {'img/s':>8} {'x bare':>7} {'peak MiB':>9} {'accuracy':>8}")
-    for backbone in backbones:
-        if tiny:
-            cfg = BackboneConfig(epochs=1, batch_size=16, lr=3.0e-3, warmup_epochs=0, image_size=32, weights="scratch")
-        else:  # the real recipe, one short fold
-            cfg = params.train.for_backbone(backbone)
-            cfg = BackboneConfig(**{**cfg.__dict__, "epochs": 1, "warmup_epochs": 0, "mixup_off_epoch": 0})
+    for backbone, cfg in runs:
         r = smoke(backbone, cfg, updates, world)
         print(f"{backbone:<36} {cfg.image_size:>4} {r['syncs_per_update']:>12.2f} {r['img_per_s']:>8.1f}"
               f" {r['img_per_s'] / r['bare_img_per_s']:>7.2f} {r['peak_mib']:>9.0f} {r['accuracy']:>8.3f}")  # fmt: skip

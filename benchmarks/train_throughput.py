@@ -20,7 +20,7 @@ import torch
 from host import describe_host
 from timm.optim import create_optimizer_v2
 
-from pipeline.config import BackboneConfig
+from pipeline.config import TrainConfig
 from pipeline.distributed import join_world
 from pipeline.folds import Split
 from pipeline.models import normalisation
@@ -55,7 +55,7 @@ def ours(model_name: str, size: int, batch: int, updates: int, extras: bool) -> 
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, n)
     split = Split(images, labels, images[:1], labels[:1], np.array([1]))
-    cfg = BackboneConfig(epochs=1, batch_size=batch, lr=1e-3, image_size=size, weights="scratch", warmup_epochs=0,
+    cfg = TrainConfig(epochs=1, batch_size=batch, lr=1e-3, image_size=size, weights="scratch", warmup_epochs=0,
                          mixup=0.8 if extras else 0.0, cutmix=1.0 if extras else 0.0,
                          ema_decay=0.999 if extras else 0.0)  # fmt: skip
     recipe = build_recipe(model_name, cfg, n, world)

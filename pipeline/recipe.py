@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.batches import autocast_dtype
-from pipeline.config import BackboneConfig
+from pipeline.config import TrainConfig
 from pipeline.distributed import World
 from pipeline.models import create_backbone
 
@@ -52,7 +52,7 @@ class Recipe:
         return state
 
 
-def build_recipe(backbone: str, cfg: BackboneConfig, n_train: int, world: World) -> Recipe:
+def build_recipe(backbone: str, cfg: TrainConfig, n_train: int, world: World) -> Recipe:
     torch.manual_seed(cfg.seed)  # the new head's initialisation, identical on every rank
     if world.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one input size all fold long: let cuDNN pick its fastest kernels
@@ -107,7 +107,7 @@ def layer_decay_for(model: nn.Module, floor: float) -> float | None:
     return floor ** (1 / (groups - 1))
 
 
-def wrap_for_world(model: nn.Module, cfg: BackboneConfig, world: World) -> nn.Module:
+def wrap_for_world(model: nn.Module, cfg: TrainConfig, world: World) -> nn.Module:
     """What a batch goes through: DDP over the processes (registering only the parameters that require
     gradients now: re-wrap when that changes), then `torch.compile`, so that it sees DDP's buckets."""
     forward = model
@@ -116,7 +116,7 @@ def wrap_for_world(model: nn.Module, cfg: BackboneConfig, world: World) -> nn.Mo
     return torch.compile(forward) if cfg.compile else forward
 
 
-def set_head_only(recipe: Recipe, head_only: bool, cfg: BackboneConfig, world: World) -> None:
+def set_head_only(recipe: Recipe, head_only: bool, cfg: TrainConfig, world: World) -> None:
     """Freeze (or unfreeze) everything but the classifier; under DDP, re-wrap for the new set of parameters."""
     if head_only == recipe.head_only:
         return

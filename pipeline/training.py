@@ -31,7 +31,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pipeline.atomic import atomic_file, write_json
 from pipeline.batches import autocast_dtype, random_crop_flip, to_device, to_model_input
-from pipeline.config import BackboneConfig, TtaConfig
+from pipeline.config import TrainConfig, TtaConfig
 from pipeline.distributed import World
 from pipeline.errors import PipelineError
 from pipeline.folds import Split
@@ -75,7 +75,7 @@ class FoldResult:
 def train_one_fold(
     backbone: str,
     split: Split,
-    cfg: BackboneConfig,
+    cfg: TrainConfig,
     world: World,
     *,
     name: str,
@@ -168,7 +168,7 @@ def better_weights(scored: dict[str, dict[str, float]]) -> str:
 
 
 def train_epoch(
-    recipe: Recipe, split: Split, cfg: BackboneConfig, world: World, epoch: int,
+    recipe: Recipe, split: Split, cfg: TrainConfig, world: World, epoch: int,
     mean: tuple[float, ...], std: tuple[float, ...], *, name: str, max_updates: int | None = None,
 ) -> float:  # fmt: skip
     """One pass over the training images; returns the mean training loss. `max_updates` cuts it short.

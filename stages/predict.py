@@ -10,7 +10,7 @@ from pipeline import batches, cli, config, dataset, inference, layout, models, s
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--backbone", required=True)
+    parser.add_argument("--backbone", required=True, help="a name listed in params.yaml's backbones")
     parser.add_argument("--models", type=Path, required=True, help="reads <models>/<backbone>/fold<k>.safetensors")
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="writes <out>/<backbone>.npz: test ids and logits")
@@ -18,10 +18,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     cfg = config.load_config(args.params)
-    models.check_backbone_name(args.backbone)
+    backbone = cfg.backbone(args.backbone)
+    models.check_model_name(backbone.model)
     data = dataset.load_dataset(args.data)
     logits = inference.predict_with_checkpoints(
-        [layout.fold_file(args.models, args.backbone, k, ".safetensors") for k in cfg.cv.folds], args.backbone,
+        [layout.fold_file(args.models, args.backbone, k, ".safetensors") for k in cfg.cv.folds], backbone.model,
         data.test_images, batch_size=cfg.predict.batch_size, hflip=cfg.tta.hflip, shift=cfg.tta.shift,
         device=batches.pick_device(),
     )  # fmt: skip

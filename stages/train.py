@@ -16,7 +16,7 @@ from pipeline import cli, config, dataset, distributed, folds, layout, models, t
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--backbone", required=True, help="timm name with optional tag, e.g. resnet18.a1_in1k")
+    parser.add_argument("--backbone", required=True, help="a name listed in params.yaml's backbones")
     parser.add_argument("--fold", type=int, required=True)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--folds", type=Path, required=True)
@@ -28,11 +28,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = config.load_config(args.params)
-    models.check_backbone_name(args.backbone)  # before any data is read
+    backbone = params.backbone(args.backbone)  # before any data is read
+    models.check_model_name(backbone.model)
     torchrun = distributed.torchrun_command(params.launcher.nproc_per_node, "stages.train", argv)
     if torchrun is not None:
         raise SystemExit(subprocess.run(torchrun).returncode)
-    cfg = params.train.for_backbone(args.backbone)
+    cfg = backbone.train
     data = dataset.load_dataset(args.data)
     fold_of_image = folds.read_folds(args.folds, data.train_labels, params.cv.n_folds)
     split = folds.split_fold(data.train_images, data.train_labels, fold_of_image, args.fold)
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     world = distributed.join_world()  # one process, or one of torchrun's
     try:
         result = training.train_one_fold(
-            args.backbone, split, cfg, world, name=f"{args.backbone} fold {args.fold}", tta=params.tta,
+            backbone.model, split, cfg, world, name=f"{args.backbone} fold {args.fold}", tta=params.tta,
             resume_path=model_path.with_name(model_path.name + ".resume.pt"),
         )  # fmt: skip
         result.save(
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
             oof_path=layout.fold_file(args.oof, args.backbone, args.fold, ".npz"),
             metrics_path=layout.fold_file(args.metrics, args.backbone, args.fold, ".json"),
             history_path=layout.fold_file(args.curves, args.backbone, args.fold, ".json"),
-            backbone=args.backbone, valid_ids=split.valid_ids, image_size=cfg.image_size,
+            backbone=backbone.model, valid_ids=split.valid_ids, image_size=cfg.image_size,
         )  # fmt: skip
     finally:
         distributed.leave_world()

@@ -27,40 +27,56 @@ def test_committed_params_yaml_is_the_real_job_valid_and_typed(tmp_path):
     assert cfg.backbones
 
 
-def test_overrides_change_only_their_backbone(tmp_path):
-    cfg = load_config(
-        write(tmp_path, "backbones: [a, b]\ntrain:\n  lr: 1.0e-3\n  image_size: 32\n  overrides:\n    b: {lr: 0.5}\n")
-    )
-    assert cfg.train.for_backbone("a").lr == 1.0e-3
-    assert cfg.train.for_backbone("b").lr == 0.5
-    assert cfg.train.for_backbone("b").image_size == 32
+def test_a_backbones_own_settings_change_only_that_backbone(tmp_path):
+    text = "backbones:\n  a: {model: resnet18}\n  b: {model: vit_b_16.augreg_in1k, lr: 0.5}\ntrain: {lr: 1.0e-3, image_size: 32}\n"
+    cfg = load_config(write(tmp_path, text))
+    assert list(cfg.backbones) == ["a", "b"]
+    a, b = cfg.backbone("a"), cfg.backbone("b")
+    assert (a.name, a.model, a.train.lr, a.train.image_size) == ("a", "resnet18", 1.0e-3, 32)
+    assert (b.name, b.model, b.train.lr, b.train.image_size) == ("b", "vit_b_16.augreg_in1k", 0.5, 32)
+    assert cfg.train.lr == 1.0e-3
+
+
+def test_a_stage_naming_an_unlisted_backbone_is_told_which_are_listed(tmp_path):
+    cfg = load_config(write(tmp_path, "backbones:\n  a: {model: resnet18}\n  b: {model: resnet34}\n"))
+    with pytest.raises(ConfigError) as excinfo:
+        cfg.backbone("c")
+    assert str(excinfo.value) == "params.yaml:backbones has no 'c' (listed: a, b); add it or pick one."
+    with pytest.raises(ConfigError, match="is not a backbone name"):
+        cfg.backbone("a.b")
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("backbones: [a]\ntrain: {lr: 3e-4}\n", "params.yaml:train:lr must be float, got '3e-4' (PyYAML"),
-        ("backbones: [a]\ntrain: {lrr: 0.1}\n", "params.yaml:train:lrr is not a known setting"),
-        ("backbones: [a]\ntrain: {epochs: 1.5}\n", "params.yaml:train:epochs must be int"),
-        ("backbones: [a]\ntrain: {overrides: {a: {batch: 3}}}\n", "train:overrides:a:batch is not a known setting"),
-        ("backbones: [a]\ncv: {folds: [0]}\n", "cv:folds must be [0, 1, ..., k-1] with k >= 2"),
-        ("backbones: [a]\ncv: {folds: [0, 2]}\n", "cv:folds must be [0, 1, ..., k-1]"),
-        ("backbones: []\n", "backbones must list one or more"),
-        ("backbones: [a]\nensemble: {method: median}\n", "ensemble:method must be one of"),
-        ("backbones: [a]\ndata: {source: s3}\n", "data:source must be one of"),
-        ("backbones: [a]\ndata: {source: local}\n", "data:path must name"),
-        ("backbones: [a]\ntrain: {weights: imagenet}\n", "train:weights for a must be one of"),
-        ("backbones: [a]\ntta: {hflip: 1}\n", "tta:hflip must be bool"),
-        ("backbones: [a]\npredict: {hflip: true}\n", "predict:hflip is not a known setting"),
-        ("backbones: [a]\ntrain: {layer_decay_floor: 0.0}\n", "layer_decay_floor must be in (0, 1]"),
-        ("backbones: [a]\ntrain: {mixup_prob: 1.5}\n", "mixup_prob in [0, 1]"),
-        ("backbones: [\"a'; touch x; '\"]\n", "backbones: \"a'; touch x; '\" is not a timm model name (lower-case"),
-        ("backbones: [../../etc]\n", "backbones: '../../etc' is not a timm model name"),
-        ("backbones: [Resnet18]\n", "backbones: 'Resnet18' is not a timm model name"),
-        ("backbones: [resnet18.a1.in1k]\n", "'resnet18.a1.in1k' is not a timm model name"),
-        ("backbones: ['resnet18 ']\n", "'resnet18 ' is not a timm model name"),
-        ("backbones: [a]\nlauncher: {nproc_per_node: 0}\n", "launcher:nproc_per_node must be 1 or more, got 0"),
-        ("backbones: [a]\nlauncher: torchrun --nproc_per_node=4\n", "launcher must be a mapping"),
+        ("backbones: {a: {model: m}}\ntrain: {lr: 3e-4}\n", "params.yaml:train:lr must be float, got '3e-4' (PyYAML"),
+        ("backbones: {a: {model: m}}\ntrain: {lrr: 0.1}\n", "params.yaml:train:lrr is not a known setting"),
+        ("backbones: {a: {model: m}}\ntrain: {epochs: 1.5}\n", "params.yaml:train:epochs must be int"),
+        ("backbones: {a: {model: m, batch: 3}}\n", "params.yaml:backbones:a:batch is not a known setting"),
+        ("backbones: {a: {model: m}}\ncv: {folds: [0]}\n", "cv:folds must be [0, 1, ..., k-1] with k >= 2"),
+        ("backbones: {a: {model: m}}\ncv: {folds: [0, 2]}\n", "cv:folds must be [0, 1, ..., k-1]"),
+        ("backbones: {}\n", "backbones must map one or more names to their timm model"),
+        ("backbones: [resnet18]\n", "backbones must map one or more names to their timm model"),
+        ("backbones: {a: {lr: 0.1}}\n", "params.yaml:backbones:a must be a mapping with `model: <timm name>`, got"),
+        ("backbones: {a: resnet18}\n", "params.yaml:backbones:a must be a mapping with `model: <timm name>`"),
+        # what `dvc exp run -S ++backbones.a.fb_in1k.lr=...` writes when a dotted timm name is used as the key
+        ("backbones: {a: {model: m, fb_in1k: {lr: 0.1}}}\n", "params.yaml:backbones:a:fb_in1k is not a known setting"),
+        ("backbones: {convnext_tiny.fb_in1k: {model: m}}\n", "'convnext_tiny.fb_in1k' is not a backbone name"),
+        ("backbones: {a: {model: m}}\nensemble: {method: median}\n", "ensemble:method must be one of"),
+        ("backbones: {a: {model: m}}\ndata: {source: s3}\n", "data:source must be one of"),
+        ("backbones: {a: {model: m}}\ndata: {source: local}\n", "data:path must name"),
+        ("backbones: {a: {model: m}}\ntrain: {weights: imagenet}\n", "train:weights for a must be one of"),
+        ("backbones: {a: {model: m}}\ntta: {hflip: 1}\n", "tta:hflip must be bool"),
+        ("backbones: {a: {model: m}}\npredict: {hflip: true}\n", "predict:hflip is not a known setting"),
+        ("backbones: {a: {model: m}}\ntrain: {layer_decay_floor: 0.0}\n", "layer_decay_floor must be in (0, 1]"),
+        ("backbones: {a: {model: m}}\ntrain: {mixup_prob: 1.5}\n", "mixup_prob in [0, 1]"),
+        ("backbones: {a: {model: \"a'; touch x; '\"}}\n", "backbones:a:model: \"a'; touch x; '\" is not a timm model name (lower-case"),
+        ("backbones: {a: {model: ../../etc}}\n", "backbones:a:model: '../../etc' is not a timm model name"),
+        ("backbones: {a: {model: Resnet18}}\n", "backbones:a:model: 'Resnet18' is not a timm model name"),
+        ("backbones: {a: {model: resnet18.a1.in1k}}\n", "'resnet18.a1.in1k' is not a timm model name"),
+        ("backbones: {a: {model: 'resnet18 '}}\n", "'resnet18 ' is not a timm model name"),
+        ("backbones: {a: {model: m}}\nlauncher: {nproc_per_node: 0}\n", "launcher:nproc_per_node must be 1 or more, got 0"),
+        ("backbones: {a: {model: m}}\nlauncher: torchrun --nproc_per_node=4\n", "launcher must be a mapping"),
     ],
 )
 def test_bad_params_are_rejected_with_the_key_named(tmp_path, text, message):
@@ -70,8 +86,9 @@ def test_bad_params_are_rejected_with_the_key_named(tmp_path, text, message):
 
 
 def test_timm_names_with_and_without_tags_are_accepted(tmp_path):
-    cfg = load_config(write(tmp_path, "backbones: [convnext_tiny.fb_in22k_ft_in1k, tf_efficientnet_lite0, vit_b_16]\n"))
-    assert cfg.backbones == ("convnext_tiny.fb_in22k_ft_in1k", "tf_efficientnet_lite0", "vit_b_16")
+    models = ["convnext_tiny.fb_in22k_ft_in1k", "tf_efficientnet_lite0", "vit_b_16"]
+    text = "backbones:\n" + "".join(f"  b{i}: {{model: {m}}}\n" for i, m in enumerate(models))
+    assert [bb.model for bb in load_config(write(tmp_path, text)).backbones.values()] == models
 
 
 @pytest.mark.parametrize(
@@ -84,10 +101,10 @@ def test_timm_names_with_and_without_tags_are_accepted(tmp_path):
     ],
 )  # fmt: skip
 def test_boundary_and_weights_file_settings_are_accepted(tmp_path, train):
-    cfg = load_config(write(tmp_path, f"backbones: [a]\ncv: {{folds: [0, 1]}}\ntrain: {train}\n"))
+    cfg = load_config(write(tmp_path, f"backbones: {{a: {{model: m}}}}\ncv: {{folds: [0, 1]}}\ntrain: {train}\n"))
     assert cfg.cv.folds == (0, 1)
     for key, value in yaml.safe_load(train).items():
-        assert getattr(cfg.train.for_backbone("a"), key) == value
+        assert getattr(cfg.backbone("a").train, key) == value
 
 
 POSITIVE = "params.yaml:train for a: epochs, batch_size, image_size and accumulate must be positive."
@@ -116,21 +133,20 @@ RANGES = "params.yaml:train for a: layer_decay_floor must be in (0, 1], mixup_pr
 )
 def test_each_out_of_range_training_setting_is_rejected_alone(tmp_path, train, message):
     with pytest.raises(ConfigError) as excinfo:
-        load_config(write(tmp_path, f"backbones: [a]\ntrain: {train}\n"))
+        load_config(write(tmp_path, f"backbones: {{a: {{model: m}}}}\ntrain: {train}\n"))
     assert str(excinfo.value) == message
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("backbones: [a]\ncv: {folds: [0]}\n", "params.yaml:cv:folds must be [0, 1, ..., k-1] with k >= 2, got [0]."),
-        ("backbones: [a]\ncv: {folds: 2}\n", "params.yaml:cv:folds must be a list, got 2."),
-        ("backbones: [a]\ncv: {folds: [0, x]}\n", "params.yaml:cv:folds[1] must be int, got 'x'."),
-        ("backbones: [a]\ntrain: {overrides: [a]}\n", "params.yaml:train:overrides must be a mapping, got ['a']."),
-        ("backbones: [a]\ntrain: {overrides: {a: 3}}\n", "params.yaml:train:overrides:a must be dict, got 3."),
-        ("backbones: [a]\ntrain: {epochs: x}\n", "params.yaml:train:epochs must be int, got 'x'."),
-        ("backbones: [a]\ntrain: {lr: true}\n", "params.yaml:train:lr must be float, got True."),
-        ("backbones: [a]\ntta: {flip: true}\n", "params.yaml:tta:flip is not a known setting; known: hflip, shift."),
+        ("backbones: {a: {model: m}}\ncv: {folds: [0]}\n", "params.yaml:cv:folds must be [0, 1, ..., k-1] with k >= 2, got [0]."),
+        ("backbones: {a: {model: m}}\ncv: {folds: 2}\n", "params.yaml:cv:folds must be a list, got 2."),
+        ("backbones: {a: {model: m}}\ncv: {folds: [0, x]}\n", "params.yaml:cv:folds[1] must be int, got 'x'."),
+        ("backbones: {a: {model: m, epochs: x}}\n", "params.yaml:backbones:a:epochs must be int, got 'x'."),
+        ("backbones: {a: {model: m}}\ntrain: {epochs: x}\n", "params.yaml:train:epochs must be int, got 'x'."),
+        ("backbones: {a: {model: m}}\ntrain: {lr: true}\n", "params.yaml:train:lr must be float, got True."),
+        ("backbones: {a: {model: m}}\ntta: {flip: true}\n", "params.yaml:tta:flip is not a known setting; known: hflip, shift."),
     ],
 )  # fmt: skip
 def test_bad_params_messages_name_the_file_the_key_and_the_value(tmp_path, text, message):
@@ -140,13 +156,13 @@ def test_bad_params_messages_name_the_file_the_key_and_the_value(tmp_path, text,
 
 
 def test_an_int_is_accepted_where_a_float_is_expected(tmp_path):
-    cfg = load_config(write(tmp_path, "backbones: [a]\ntrain: {lr: 1}\n"))
+    cfg = load_config(write(tmp_path, "backbones: {a: {model: m}}\ntrain: {lr: 1}\n"))
     assert cfg.train.lr == 1.0 and type(cfg.train.lr) is float
 
 
-def test_a_bad_backbone_name_message_says_what_a_timm_name_looks_like(tmp_path):
+def test_a_bad_model_name_message_says_what_a_timm_name_looks_like(tmp_path):
     with pytest.raises(ConfigError) as excinfo:
-        load_config(write(tmp_path, "backbones: [A]\n"))
+        load_config(write(tmp_path, "backbones: {a: {model: A}}\n"))
     assert str(excinfo.value).endswith(
         " .tag, e.g. convnext_tiny.fb_in22k_ft_in1k); see `timm.list_models('<pattern>')`."
     )

@@ -38,7 +38,7 @@ def paths(entries) -> set[str]:
 
 def test_a_hostile_backbone_name_reaches_the_stage_as_one_quoted_argument(tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["backbones"] = [HOSTILE]
+    params["backbones"] = {HOSTILE: {"model": "resnet18"}}
     stages = rendered_stages(tmp_path, params)
     assert {name.split("@")[0] for name in stages if "@" in name} == {"train", "predict"}
     for name, stage in stages.items():

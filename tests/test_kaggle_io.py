@@ -252,7 +252,7 @@ TOKEN = {"KAGGLE_API_TOKEN": FAKE_TOKEN}
 
 
 def download_args(tmp_path: Path) -> list:
-    (tmp_path / "params.yaml").write_text("backbones: [test_resnet]\ndata: {source: kaggle}\n")
+    (tmp_path / "params.yaml").write_text("backbones: {test_resnet: {model: test_resnet}}\ndata: {source: kaggle}\n")
     return ["--out", tmp_path / "raw", "--params", tmp_path / "params.yaml"]
 
 

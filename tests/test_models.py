@@ -93,9 +93,9 @@ def test_checkpoint_without_an_image_size_is_refused(tmp_path):
 
 def test_backbone_names_that_a_path_or_shell_could_take_are_refused_before_timm_is_asked():
     from pipeline.config import ConfigError
-    from pipeline.models import check_backbone_name
+    from pipeline.models import check_model_name
 
     for name in ("a; rm -rf x", "../resnet18", "resnet18 "):
         with pytest.raises(ConfigError, match="is not a timm model name"):
-            check_backbone_name(name)
-    check_backbone_name("resnet18.a1_in1k")
+            check_model_name(name)
+    check_model_name("resnet18.a1_in1k")

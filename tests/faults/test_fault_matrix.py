@@ -52,7 +52,7 @@ class Fault:
 FAULTS = [
     Fault("params-unknown-key", "is not a known setting", "a typo in params.yaml", "use one of the listed keys"),
     Fault("params-wrong-type", "must be float, got '3e-4'", "PyYAML reads 3e-4 as a string", "write 3.0e-4"),
-    Fault("params-unknown-model", "is not a timm model name", "a backbone name timm does not know",
+    Fault("params-unknown-model", "is not a timm model name", "a `model:` timm does not know",
           "pick a name from `timm.list_models('<pattern>')`"),
     Fault("params-one-fold", "cv:folds must be [0, 1, ..., k-1] with k >= 2", "cv.folds lists fewer than 2 folds",
           "use [0, 1, ..., k-1] with k >= 2"),
@@ -60,8 +60,9 @@ FAULTS = [
           "use fewer folds or more data"),
     Fault("params-ensemble-method", "ensemble:method must be one of", "an ensemble method that does not exist",
           "fitted, caruana, equal or best"),
-    Fault("params-hostile-name", "is not a timm model name (lower-case letters", "a backbone name with quotes,"
-          " spaces, / or capitals (it names folders and DVC stages)", "use the timm name, e.g. convnext_tiny.fb_in1k"),
+    Fault("params-hostile-name", "is not a backbone name (lower-case letters", "a backbone name with dots, quotes,"
+          " spaces, / or capitals (it names folders, DVC stages and param paths)",
+          "name it with [a-z0-9_] and put the timm name in `model:`"),
     Fault("kaggle-no-credentials", "No Kaggle credentials found", "no token, env vars or kaggle.json",
           "set KAGGLE_API_TOKEN or KAGGLE_USERNAME/KAGGLE_KEY, or add ~/.kaggle/kaggle.json"),
     Fault("kaggle-token-rejected", "Kaggle rejected the access token", "a revoked, expired or mistyped"
@@ -162,10 +163,10 @@ IMAGE = encode_png(np.full((32, 32, 3), 128, np.uint8))
 @pytest.mark.parametrize(
     ("fault_id", "text"),
     [
-        ("params-unknown-key", "backbones: [a]\ncv: {folds: [0, 1], sed: 1}\n"),
-        ("params-wrong-type", "backbones: [a]\ntrain: {lr: 3e-4}\n"),
-        ("params-one-fold", "backbones: [a]\ncv: {folds: [0]}\n"),
-        ("params-ensemble-method", "backbones: [a]\nensemble: {method: median}\n"),
+        ("params-unknown-key", "backbones: {a: {model: a}}\ncv: {folds: [0, 1], sed: 1}\n"),
+        ("params-wrong-type", "backbones: {a: {model: a}}\ntrain: {lr: 3e-4}\n"),
+        ("params-one-fold", "backbones: {a: {model: a}}\ncv: {folds: [0]}\n"),
+        ("params-ensemble-method", "backbones: {a: {model: a}}\nensemble: {method: median}\n"),
     ],
 )
 def test_bad_params_stop_the_stage_before_it_reads_data(capsys, tmp_path, fault_id, text):
@@ -175,7 +176,7 @@ def test_bad_params_stop_the_stage_before_it_reads_data(capsys, tmp_path, fault_
 
 
 def test_unknown_timm_model_stops_training_before_data_is_read(capsys, tmp_path):
-    params = write_params(tmp_path, "backbones: [resnet_99]\n")
+    params = write_params(tmp_path, "backbones: {resnet_99: {model: resnet_99}}\n")
     fails(capsys, "params-unknown-model", train.main, train_argv(tmp_path, "resnet_99", tmp_path / "absent",
                                                                  tmp_path / "absent.csv", params))  # fmt: skip
     assert list(tmp_path.iterdir()) == [params]
@@ -183,10 +184,10 @@ def test_unknown_timm_model_stops_training_before_data_is_read(capsys, tmp_path)
 
 def test_a_hostile_backbone_name_stops_every_stage_before_anything_runs(capsys, tmp_path):
     hostile = "x'; touch pwned; echo '"
-    params = write_params(tmp_path, yaml.safe_dump({"backbones": [hostile]}))
+    params = write_params(tmp_path, yaml.safe_dump({"backbones": {hostile: {"model": "resnet18"}}}))
     fails(capsys, "params-hostile-name", folds.main, ["--data", tmp_path / "absent", "--out", tmp_path / "folds.csv",
                                                       "--params", params])  # fmt: skip
-    ok = write_params(tmp_path, "backbones: [test_resnet]\n")
+    ok = write_params(tmp_path, "backbones: {test_resnet: {model: test_resnet}}\n")
     fails(capsys, "params-hostile-name", train.main, train_argv(tmp_path, hostile, tmp_path / "absent",
                                                                 tmp_path / "absent.csv", ok))  # fmt: skip
     assert list(tmp_path.iterdir()) == [ok]
@@ -199,7 +200,7 @@ def train_argv(tmp_path: Path, backbone: str, data: Path, folds_csv: Path, param
 
 
 def test_more_folds_than_a_class_has_images(capsys, tmp_path, data_dir):
-    params = write_params(tmp_path, "backbones: [a]\ncv: {folds: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]}\n")
+    params = write_params(tmp_path, "backbones: {a: {model: a}}\ncv: {folds: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]}\n")
     fails(capsys, "params-folds-exceed-class", folds.main, ["--data", data_dir, "--out", tmp_path / "folds.csv",
                                                             "--params", params])  # fmt: skip
     assert not (tmp_path / "folds.csv").exists()
@@ -209,7 +210,7 @@ def test_more_folds_than_a_class_has_images(capsys, tmp_path, data_dir):
 
 
 def kaggle_params(tmp_path: Path) -> Path:
-    return write_params(tmp_path, "backbones: [a]\ndata: {source: kaggle}\n")
+    return write_params(tmp_path, "backbones: {a: {model: a}}\ndata: {source: kaggle}\n")
 
 
 @pytest.mark.parametrize(
@@ -293,7 +294,7 @@ def test_world_readable_kaggle_json_gets_a_warning(capsys, monkeypatch, tmp_path
 def test_truncated_zip_is_refused(capsys, tmp_path, sample_zip, fraction):
     broken = tmp_path / "cifar-10.zip"
     broken.write_bytes(sample_zip.read_bytes()[: int(sample_zip.stat().st_size * fraction)])
-    params = write_params(tmp_path, f"backbones: [a]\ndata: {{source: local, path: {broken}}}\n")
+    params = write_params(tmp_path, f"backbones: {a: {model: a}}\ndata: {{source: local, path: {broken}}}\n")
     fails(capsys, "zip-truncated", download.main, ["--out", tmp_path / "raw", "--params", params])
     assert not (tmp_path / "raw").exists()
 
@@ -367,7 +368,7 @@ def test_diverging_training_stops_naming_backbone_fold_and_epoch(capsys, tmp_pat
         tmp_path,
         yaml.safe_dump(
             {
-                "backbones": ["test_resnet"],
+                "backbones": {"test_resnet": {"model": "test_resnet"}},
                 "cv": {"folds": [0, 1]},
                 "train": {
                     "epochs": 2,
@@ -387,7 +388,7 @@ def test_diverging_training_stops_naming_backbone_fold_and_epoch(capsys, tmp_pat
 
 
 def predict_fails(capsys, fault_id: str, tmp_path: Path, data_dir: Path, models: Path) -> str:
-    params = write_params(tmp_path, "backbones: [test_resnet]\ncv: {folds: [0, 1]}\n")
+    params = write_params(tmp_path, "backbones: {test_resnet: {model: test_resnet}}\ncv: {folds: [0, 1]}\n")
     line = fails(capsys, fault_id, predict.main, ["--backbone", "test_resnet", "--models", models, "--data", data_dir,
                                                    "--out", tmp_path / "test_logits", "--params", params])  # fmt: skip
     assert not (tmp_path / "test_logits").exists() or list((tmp_path / "test_logits").iterdir()) == []
@@ -446,7 +447,7 @@ def test_extract_refuses_to_start_without_the_disk_space_it_needs(capsys, monkey
 def test_damaged_image_arrays_are_refused_by_the_next_stage(capsys, tmp_path, data_dir, fault_id, damage):
     data = Path(shutil.copytree(data_dir, tmp_path / "data"))
     damage(data / "train_images.npy")
-    params = write_params(tmp_path, "backbones: [a]\ncv: {folds: [0, 1]}\n")
+    params = write_params(tmp_path, "backbones: {a: {model: a}}\ncv: {folds: [0, 1]}\n")
     line = fails(capsys, fault_id, folds.main, ["--data", data, "--out", tmp_path / "folds.csv", "--params", params])
     assert str(data / "train_images.npy") in line and not (tmp_path / "folds.csv").exists()
 
@@ -465,7 +466,7 @@ def ensemble_inputs(tmp_path: Path, data_dir: Path, backbones=("a", "b")) -> tup
             ids = np.flatnonzero(fold_of_image == fold) + 1
             save_scores(tmp_path / "oof" / bb / f"fold{fold}.npz", ids, rng.normal(size=(len(ids), 10)))
         save_scores(tmp_path / "test_logits" / f"{bb}.npz", data.test_ids, rng.normal(size=(len(data.test_ids), 10)))
-    params = write_params(tmp_path, yaml.safe_dump({"backbones": list(backbones), "cv": {"folds": [0, 1]}}))
+    params = write_params(tmp_path, yaml.safe_dump({"backbones": {bb: {"model": bb} for bb in backbones}, "cv": {"folds": [0, 1]}}))
     out = tmp_path / "out"
     argv = ["--data", data_dir, "--folds", folds_csv, "--oof", tmp_path / "oof", "--test-logits",
             tmp_path / "test_logits", "--weights-out", out / "weights.json", "--probs-out", out / "probs.npz",
@@ -535,7 +536,7 @@ def test_the_ensemble_stage_refuses_inputs_that_do_not_fit_together(capsys, tmp_
 def test_training_refuses_folds_csv_of_other_data(capsys, tmp_path, data_dir):
     folds_csv = fold_files(tmp_path, data_dir)
     relabel_folds_csv(tmp_path, folds_csv)
-    params = write_params(tmp_path, "backbones: [test_resnet]\ncv: {folds: [0, 1]}\n")
+    params = write_params(tmp_path, "backbones: {test_resnet: {model: test_resnet}}\ncv: {folds: [0, 1]}\n")
     fails(capsys, "folds-other-data", train.main, train_argv(tmp_path, "test_resnet", data_dir, folds_csv, params))
     assert not (tmp_path / "out").exists()
 
@@ -625,7 +626,7 @@ def test_extract_killed_mid_write_then_rerun_gives_correct_arrays_and_no_stale_t
 
 
 def test_download_killed_mid_write_leaves_a_temp_folder_that_the_next_run_removes(tmp_path):
-    params = write_params(tmp_path, yaml.safe_dump({"backbones": ["a"], "data": {"source": "sample", "sample": {
+    params = write_params(tmp_path, yaml.safe_dump({"backbones": {"a": {"model": "a"}}, "data": {"source": "sample", "sample": {
         "n_train": 3000, "n_test": 3000, "seed": 0}}}))  # fmt: skip
     out = tmp_path / "artifacts" / "raw"
     cmd = [sys.executable, "-m", "stages.download", "--out", str(out), "--params", str(params)]
