@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def fold_file(folder: Path, backbone: str, fold: int, suffix: str) -> Path:
-    """`<folder>/<backbone>/fold<k><suffix>`: a train stage's checkpoint, OOF logits, metrics or curves."""
+    """`<folder>/<backbone>/fold<k><suffix>`: a train stage's checkpoint or OOF logits; `suffix=""`: its log folder."""
     return Path(folder) / backbone / f"fold{fold}{suffix}"
 
 

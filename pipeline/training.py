@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from pipeline.atomic import atomic_file, write_json
+from pipeline.atomic import atomic_file
 from pipeline.batches import autocast_dtype, random_crop_flip, to_device, to_model_input
 from pipeline.config import TrainConfig, TtaConfig
 from pipeline.distributed import World
@@ -55,9 +56,8 @@ class FoldResult:
     is_main: bool = True  # under torchrun, only the main process's result is saved
     resume_path: Path | None = None  # removed by `save` once every output is in place
 
-    def save(self, *, model_path: Path, oof_path: Path, metrics_path: Path, history_path: Path,
-             backbone: str, valid_ids: np.ndarray, image_size: int) -> None:  # fmt: skip
-        """Checkpoint, OOF logits with their ids, fold metrics (JSON) and per-epoch curves (JSON rows).
+    def save(self, *, model_path: Path, oof_path: Path, backbone: str, valid_ids: np.ndarray, image_size: int) -> None:
+        """Checkpoint and OOF logits with their ids (metrics and curves went to the stage's `on_epoch` logger).
 
         The resume file goes last, so a failure while saving keeps the trained fold. A no-op in torchrun's
         other processes, so that one process writes each output.
@@ -66,8 +66,6 @@ class FoldResult:
             return
         save_scores(oof_path, valid_ids, self.oof_logits)  # first: it refuses non-finite logits
         save_checkpoint(model_path, self.model, backbone, image_size)
-        write_json(metrics_path, self.metrics)
-        write_json(history_path, self.history)
         if self.resume_path is not None:
             Path(self.resume_path).unlink(missing_ok=True)
 
@@ -81,6 +79,7 @@ def train_one_fold(
     name: str,
     tta: TtaConfig | None = None,
     resume_path: Path | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> FoldResult:
     """Fine-tune timm `backbone` on `split`; returns the kept model, its OOF logits (`tta` views), metrics, curves.
 
@@ -88,7 +87,8 @@ def train_one_fold(
     scored on the held-out images every epoch, and the better of the two at the end is the result (the metrics
     say which). With `resume_path`, training state is saved there after each epoch (by the main process) and
     picked up from there if it was made with the same settings and split; `FoldResult.save` deletes it once the
-    outputs are written. Under torchrun only the main process's result is meant to be saved.
+    outputs are written. Under torchrun only the main process's result is meant to be saved. The main process
+    hands each epoch's history row to `on_epoch`, the resumed epochs' rows first.
     """
     tta = tta or TtaConfig()
     recipe = build_recipe(backbone, cfg, len(split.train_images), world)
@@ -107,6 +107,10 @@ def train_one_fold(
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:  # a half-loaded state is rebuilt
             log.warning("%s: resume file %s does not fit (%s); starting from epoch 1", name, resume_path, exc)
             recipe = build_recipe(backbone, cfg, len(split.train_images), world)
+            start_epoch, history = 0, []
+    on_epoch = on_epoch if world.is_main and on_epoch is not None else lambda row: None
+    for row in history:
+        on_epoch(row)
     if world.is_main:
         log.info(
             "%s: %d train / %d valid images, %d epochs of %d updates, batch %d (x%d accumulation), %dpx, %d"
@@ -144,6 +148,7 @@ def train_one_fold(
                     prefix = "valid" if kind == "raw" else "ema_valid"
                     row |= {f"{prefix}_{k}": v for k, v in logits_metrics(logits, split.valid_labels).items()}
                 history.append(row)
+                on_epoch(row)
                 log.info(
                     "%s epoch %d: lr %.2e train_loss %.4f valid_loss %.4f valid_acc %.4f%s",
                     name, row["epoch"], row["lr"], row["train_loss"], row["valid_log_loss"], row["valid_accuracy"],
@@ -158,7 +163,7 @@ def train_one_fold(
     scored = {kind: logits_metrics(logits, split.valid_labels) for kind, logits in valid_logits.items()}
     kept = better_weights(scored)
     model = recipe.model if kept == "raw" else recipe.ema.module
-    metrics = {**scored[kept], "weights": kept, **{f"{kind}_accuracy": m["accuracy"] for kind, m in scored.items()}}
+    metrics = {**scored[kept], "ema_kept": int(kept == "ema"), **{f"{kind}_accuracy": m["accuracy"] for kind, m in scored.items()}}
     return FoldResult(model, valid_logits[kept], metrics, history, world.is_main, resume_path)
 
 

@@ -1,4 +1,4 @@
-"""Fine-tune one timm backbone on one CV fold; save its weights, out-of-fold logits, metrics and curves.
+"""Fine-tune one timm backbone on one CV fold; save its weights and out-of-fold logits, log metrics and curves.
 
 Runs as one process, or, with `launcher.nproc_per_node` > 1 in params.yaml, re-launches itself as that many
 DDP processes under `torchrun --standalone`. Across machines, start it with torchrun yourself
@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import cli, config, dataset, distributed, folds, layout, models, training
+from pipeline import cli, config, dataset, distributed, fold_log, folds, layout, models, training
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,8 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--folds", type=Path, required=True)
     parser.add_argument("--models", type=Path, required=True, help="writes <models>/<backbone>/fold<k>.safetensors")
     parser.add_argument("--oof", type=Path, required=True, help="writes <oof>/<backbone>/fold<k>.npz")
-    parser.add_argument("--metrics", type=Path, required=True, help="writes <metrics>/<backbone>/fold<k>.json")
-    parser.add_argument("--curves", type=Path, required=True, help="writes <curves>/<backbone>/fold<k>.json")
+    parser.add_argument("--live", type=Path, required=True, help="DVCLive folder <live>/<backbone>/fold<k>/")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
 
@@ -40,15 +39,15 @@ def main(argv: list[str] | None = None) -> None:
     model_path = layout.fold_file(args.models, args.backbone, args.fold, ".safetensors")
     world = distributed.join_world()  # one process, or one of torchrun's
     try:
+        log = fold_log.FoldLog(layout.fold_file(args.live, args.backbone, args.fold, "")) if world.is_main else None
         result = training.train_one_fold(
             backbone.model, split, cfg, world, name=f"{args.backbone} fold {args.fold}", tta=params.tta,
-            resume_path=model_path.with_name(model_path.name + ".resume.pt"),
+            resume_path=model_path.with_name(model_path.name + ".resume.pt"), on_epoch=log.epoch if log else None,
         )  # fmt: skip
+        if log is not None:
+            log.finish(result.metrics)
         result.save(
-            model_path=model_path,
-            oof_path=layout.fold_file(args.oof, args.backbone, args.fold, ".npz"),
-            metrics_path=layout.fold_file(args.metrics, args.backbone, args.fold, ".json"),
-            history_path=layout.fold_file(args.curves, args.backbone, args.fold, ".json"),
+            model_path=model_path, oof_path=layout.fold_file(args.oof, args.backbone, args.fold, ".npz"),
             backbone=backbone.model, valid_ids=split.valid_ids, image_size=cfg.image_size,
         )  # fmt: skip
     finally:

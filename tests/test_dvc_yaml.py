@@ -59,10 +59,11 @@ def test_train_and_predict_outs_are_the_paths_the_stages_write(tmp_path):
         if name.startswith("train@"):
             n_train += 1
             backbone, fold = args["--backbone"], int(args["--fold"])
+            live = layout.fold_file(args["--live"], backbone, fold, "")
             assert paths(stage.outs) == {
-                str(layout.fold_file(args[flag], backbone, fold, suffix))
-                for flag, suffix in (("--models", ".safetensors"), ("--oof", ".npz"), ("--metrics", ".json"),
-                                     ("--curves", ".json"))
+                str(layout.fold_file(args["--models"], backbone, fold, ".safetensors")),
+                str(layout.fold_file(args["--oof"], backbone, fold, ".npz")),
+                str(live / "metrics.json"), str(live / "plots"),  # DVCLive's files
             }  # fmt: skip
         elif name.startswith("predict@"):
             n_predict += 1

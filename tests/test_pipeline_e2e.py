@@ -13,6 +13,7 @@ import yaml
 
 from pipeline.competition import CLASSES, read_id_label_csv
 from pipeline.sample import write_sample_competition
+from tests.test_fold_log import read_curve
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -93,14 +94,13 @@ def test_metrics_report_every_backbone_and_the_ensemble(repo):
     for figure in ("confusion", "per_class", "weights", "accuracy"):
         assert (repo / f"artifacts/report/figures/{figure}.png").read_bytes().startswith(b"\x89PNG")
         assert f"figures/{figure}.png" in report
-    fold = json.loads((repo / "artifacts/metrics/train/test_efficientnet/fold1.json").read_text())
-    assert set(fold) == {"accuracy", "log_loss", "weights", "raw_accuracy"} and fold["weights"] == "raw"
-    curves = json.loads((repo / "artifacts/curves/test_efficientnet/fold1.json").read_text())
-    assert [row["epoch"] for row in curves] == [1, 2, 3]
+    fold = json.loads((repo / "artifacts/live/test_efficientnet/fold1/metrics.json").read_text())
+    assert {"accuracy", "log_loss", "raw_accuracy", "valid_accuracy", "step"} <= set(fold) and fold["ema_kept"] == 0
+    assert [step for step, _ in read_curve(repo / "artifacts/live/test_efficientnet/fold1", "train_loss")] == [1, 2, 3]
     shown = sh(repo, "dvc", "metrics", "show")
-    assert "artifacts/metrics/ensemble.json" in shown and "fold0.json" in shown
+    assert "artifacts/metrics/ensemble.json" in shown and "artifacts/live/test_efficientnet/fold1/metrics.json" in shown
     plots = sh(repo, "dvc", "plots", "show", "--json")
-    assert "artifacts/curves/test_efficientnet/fold1.json" in plots and "valid_accuracy" in plots
+    assert "artifacts/live/test_efficientnet/fold1/plots/metrics/valid_accuracy.tsv" in plots
     assert "artifacts/report/plots/confusion.json" in plots and "artifacts/report/plots/weights.json" in plots
 
 

@@ -14,8 +14,10 @@ import yaml
 from pipeline.dataset import load_dataset
 from pipeline.distributed import torchrun_command
 from pipeline.folds import make_folds, write_folds
+from tests.test_fold_log import read_curve
 
 REPO = Path(__file__).resolve().parents[1]
+CURVES = ("lr", "train_loss", "valid_accuracy", "valid_log_loss")
 
 
 @pytest.fixture
@@ -37,8 +39,8 @@ def params(tmp_path, backbone, nproc_per_node=1, **train) -> Path:
 def train_cmd(backbone, fold_inputs, out: Path, params_path: Path) -> list[str]:
     data_dir, folds_csv = fold_inputs
     return [sys.executable, "-m", "stages.train", "--backbone", backbone, "--fold", "0", "--data", str(data_dir),
-            "--folds", str(folds_csv), "--models", str(out), "--oof", str(out), "--metrics", str(out),
-            "--curves", str(out / "curves"), "--params", str(params_path)]  # fmt: skip
+            "--folds", str(folds_csv), "--models", str(out), "--oof", str(out),
+            "--live", str(out / "live"), "--params", str(params_path)]  # fmt: skip
 
 
 def oof(out: Path, backbone: str = "test_resnet") -> np.ndarray:
@@ -65,10 +67,15 @@ def test_sigkill_mid_training_then_rerun_resumes_and_equals_an_uninterrupted_run
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "resuming at epoch" in rerun.stderr
     assert np.array_equal(oof(tmp_path / "b"), oof(tmp_path / "a"))
+    live = "live/test_resnet/fold0"
     assert sorted(str(p.relative_to(tmp_path / "b")) for p in (tmp_path / "b").rglob("*") if p.is_file()) == [
-        "curves/test_resnet/fold0.json", "test_resnet/fold0.json", "test_resnet/fold0.npz",
-        "test_resnet/fold0.safetensors",
+        f"{live}/metrics.json", *(f"{live}/plots/metrics/{name}.tsv" for name in CURVES),
+        "test_resnet/fold0.npz", "test_resnet/fold0.safetensors",
     ]  # fmt: skip
+    # every epoch's row, those before the kill included, the same as the uninterrupted run's
+    for name in CURVES:
+        assert read_curve(tmp_path / "b" / live, name) == read_curve(tmp_path / "a" / live, name)
+    assert [step for step, _ in read_curve(tmp_path / "b" / live, "lr")] == [1, 2, 3, 4]
 
 
 def test_nproc_per_node_relaunches_the_stage_as_ddp_processes_equal_to_one_process(fold_inputs, tmp_path):

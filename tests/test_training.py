@@ -11,6 +11,7 @@ from pipeline.dataset import extract_competition, load_dataset
 from pipeline.distributed import World
 from pipeline.download import unpack_competition
 from pipeline.errors import PipelineError
+from pipeline.fold_log import FoldLog
 from pipeline.folds import Split, make_folds, split_fold
 from pipeline.host_sync import count_host_syncs
 from pipeline.inference import predict_logits
@@ -19,6 +20,7 @@ from pipeline.recipe import build_recipe
 from pipeline.sample import write_sample_competition
 from pipeline.training import SYNC_EVERY, better_weights, train_epoch, train_one_fold
 from tests.conftest import separable_images
+from tests.test_fold_log import read_curve
 
 CPU = World()
 CFG = TrainConfig(epochs=3, batch_size=32, lr=3.0e-3, warmup_epochs=1, image_size=32, weights="scratch", seed=0)
@@ -58,9 +60,8 @@ def interrupt_after_epoch(monkeypatch, epochs_done: int) -> None:
 
 
 def save_outputs(result, folder: Path, split: Split) -> None:
-    result.save(model_path=folder / "m.safetensors", oof_path=folder / "oof.npz", metrics_path=folder / "m.json",
-                history_path=folder / "c.json", backbone="test_resnet", valid_ids=split.valid_ids,
-                image_size=32)  # fmt: skip
+    result.save(model_path=folder / "m.safetensors", oof_path=folder / "oof.npz", backbone="test_resnet",
+                valid_ids=split.valid_ids, image_size=32)  # fmt: skip
 
 
 def test_killed_run_resumes_and_ends_equal_to_an_uninterrupted_run(tmp_path, monkeypatch, caplog):
@@ -72,10 +73,16 @@ def test_killed_run_resumes_and_ends_equal_to_an_uninterrupted_run(tmp_path, mon
             train_one_fold("test_resnet", split, CFG, CPU, name="a", resume_path=tmp_path / "b.resume.pt")
     assert (tmp_path / "b.resume.pt").exists()
 
+    log = FoldLog(tmp_path / "live")
     with caplog.at_level(logging.INFO, logger="pipeline.training"):
-        resumed = train_one_fold("test_resnet", split, CFG, CPU, name="a", resume_path=tmp_path / "b.resume.pt")
+        resumed = train_one_fold("test_resnet", split, CFG, CPU, name="a", resume_path=tmp_path / "b.resume.pt",
+                                 on_epoch=log.epoch)  # fmt: skip
     assert "resuming at epoch 3" in caplog.text
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
+    # the curves hold the two epochs before the kill as well: the resume file's history is replayed first
+    assert read_curve(tmp_path / "live", "valid_log_loss") == [
+        (row["epoch"], pytest.approx(row["valid_log_loss"])) for row in uninterrupted.history
+    ]
     assert np.array_equal(resumed.oof_logits, uninterrupted.oof_logits)
     assert (tmp_path / "b.resume.pt").exists()  # kept until the outputs are written
     save_outputs(resumed, tmp_path / "out", split)
@@ -137,7 +144,7 @@ def test_a_failure_while_saving_keeps_the_resume_file(tmp_path, monkeypatch):
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pipeline.training, "write_json", disk_full)
+    monkeypatch.setattr(pipeline.training, "save_checkpoint", disk_full)  # after the OOF logits
     with pytest.raises(OSError, match="No space left"):
         save_outputs(result, tmp_path / "out", split)
     assert (tmp_path / "x.resume.pt").exists()  # the trained fold is not lost: a re-run resumes after epoch 1
@@ -191,8 +198,8 @@ def test_full_recipe_keeps_the_better_of_raw_and_ema_and_says_which():
     split = make_split(96, 30)
     result = train_one_fold("test_efficientnet", split, cfg, CPU, name="t")
     metrics = result.metrics
-    assert metrics["weights"] in ("raw", "ema")
-    assert metrics["accuracy"] == max(metrics["raw_accuracy"], metrics["ema_accuracy"])
+    kept = "ema" if metrics["ema_kept"] else "raw"
+    assert metrics["accuracy"] == metrics[f"{kept}_accuracy"] == max(metrics["raw_accuracy"], metrics["ema_accuracy"])
     assert [set(row) >= {"valid_accuracy", "ema_valid_accuracy", "ema_valid_log_loss"} for row in result.history] == [
         True, True,
     ]  # fmt: skip

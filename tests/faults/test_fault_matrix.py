@@ -196,7 +196,7 @@ def test_a_hostile_backbone_name_stops_every_stage_before_anything_runs(capsys, 
 def train_argv(tmp_path: Path, backbone: str, data: Path, folds_csv: Path, params: Path) -> list:
     out = tmp_path / "out"
     return ["--backbone", backbone, "--fold", 0, "--data", data, "--folds", folds_csv, "--models", out, "--oof", out,
-            "--metrics", out / "metrics", "--curves", out / "curves", "--params", params]  # fmt: skip
+            "--live", out / "live", "--params", params]  # fmt: skip
 
 
 def test_more_folds_than_a_class_has_images(capsys, tmp_path, data_dir):
@@ -294,7 +294,7 @@ def test_world_readable_kaggle_json_gets_a_warning(capsys, monkeypatch, tmp_path
 def test_truncated_zip_is_refused(capsys, tmp_path, sample_zip, fraction):
     broken = tmp_path / "cifar-10.zip"
     broken.write_bytes(sample_zip.read_bytes()[: int(sample_zip.stat().st_size * fraction)])
-    params = write_params(tmp_path, f"backbones: {a: {model: a}}\ndata: {{source: local, path: {broken}}}\n")
+    params = write_params(tmp_path, f"backbones: {{a: {{model: a}}}}\ndata: {{source: local, path: {broken}}}\n")
     fails(capsys, "zip-truncated", download.main, ["--out", tmp_path / "raw", "--params", params])
     assert not (tmp_path / "raw").exists()
 
