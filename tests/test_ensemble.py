@@ -17,7 +17,7 @@ from pipeline.ensemble import (
     softmax_average,
 )
 from pipeline.metrics import logits_metrics, probs_metrics
-from pipeline.stacking import C_GRID
+from pipeline.stacking import C_GRID, fit_stacker
 
 
 def noisy_logits(labels, signal, seed):
@@ -359,3 +359,15 @@ def test_the_inner_search_regularises_noise_most_and_a_learnable_swap_less():
     noise_labels = rng.integers(0, 10, 300)
     assert fit_combination(STACKING, rng.normal(size=(3, 300, 10)), noise_labels).stacker.C == min(C_GRID)
     assert fit_combination(STACKING, *swapping_members()).stacker.C >= 0.1
+
+
+def test_with_temperature_stacking_is_fitted_and_applied_on_the_calibrated_members(spread_temperatures):
+    logits, labels = members_weakest_first()
+    overconfident = logits * np.array([6.0, 1.0, 3.0])[:, None, None]
+    temperatures = spread_temperatures(overconfident, labels)
+    combination = fit_combination(STACKING, overconfident, labels, temperature=True)
+    assert combination.temperatures.tolist() == temperatures.tolist()
+    calibrated = overconfident / temperatures[:, None, None]
+    expected = fit_stacker(calibrated, labels).predict_probs(calibrated)
+    assert np.allclose(combination.predict(overconfident), expected)
+    assert not np.allclose(expected, fit_stacker(overconfident, labels).predict_probs(calibrated), atol=1e-3)
