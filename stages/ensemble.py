@@ -1,4 +1,4 @@
-"""Weight the backbones' softmax outputs on their OOF logits; write weights, test probabilities, metrics, report."""
+"""Fit the ensemble on the backbones' OOF logits; write weights, test probabilities, metrics, report."""
 
 import argparse
 from pathlib import Path
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg.ensemble.method, list(cfg.backbones), oof, data.train_labels, fold_of_image, test,
         temperature=cfg.ensemble.temperature, fallback=cfg.ensemble.fallback,
     )  # fmt: skip
-    atomic.write_json(args.weights_out, {"weights": result.weights, "temperatures": result.temperatures})
+    atomic.write_json(args.weights_out, result.weights_json())
     scores.save_scores(args.probs_out, data.test_ids, result.test_probs)
     atomic.write_json(args.metrics_out, result.metrics)
     with atomic.atomic_dir(args.report_out) as tmp:

@@ -155,6 +155,12 @@ def test_bad_params_messages_name_the_file_the_key_and_the_value(tmp_path, text,
     assert str(excinfo.value) == message
 
 
+@pytest.mark.parametrize("method", ["fitted", "equal", "best", "caruana", "stacking"])
+def test_every_ensemble_method_is_accepted(tmp_path, method):
+    cfg = load_config(write(tmp_path, f"backbones: [a]\nensemble: {{method: {method}}}\n"))
+    assert cfg.ensemble.method == method and cfg.ensemble.fallback is True
+
+
 def test_an_int_is_accepted_where_a_float_is_expected(tmp_path):
     cfg = load_config(write(tmp_path, "backbones: {a: {model: m}}\ntrain: {lr: 1}\n"))
     assert cfg.train.lr == 1.0 and type(cfg.train.lr) is float

@@ -4,16 +4,20 @@ from scipy.special import softmax
 
 from pipeline import ensemble
 from pipeline.ensemble import (
+    AVERAGING,
     METHODS,
+    STACKING,
     build_ensemble,
     caruana_weights,
     choose_weights,
+    fit_combination,
     fit_temperatures,
     fit_weights,
     nested_cv_probs,
     softmax_average,
 )
 from pipeline.metrics import logits_metrics, probs_metrics
+from pipeline.stacking import C_GRID, fit_stacker
 
 
 def noisy_logits(labels, signal, seed):
@@ -75,7 +79,7 @@ def test_build_ensemble_scores_every_method_with_nested_cv_and_applies_the_chose
     test_logits = logits[:, :100]
     result = build_ensemble("equal", ["a", "b", "c"], logits, labels, fold_of_image, test_logits, fallback=False)
     assert list(result.metrics["backbones"]) == ["a", "b", "c"]
-    assert set(result.metrics["methods"]) == {"best", "equal", "fitted", "caruana"}
+    assert set(result.metrics["methods"]) == {"best", "equal", "fitted", "caruana", "stacking"}
     for m in result.metrics["methods"].values():
         assert {"accuracy", "log_loss", "nested_cv_accuracy", "nested_cv_log_loss"} <= set(m)
     fitted = result.metrics["methods"]["fitted"]
@@ -156,7 +160,10 @@ def test_each_method_name_gives_its_own_weights():
     assert np.array_equal(choose_weights("caruana", logits, labels)[0], caruana_weights(logits, labels))
     assert choose_weights("equal", logits, labels)[0].tolist() == [1 / 3] * 3
     assert choose_weights("best", logits, labels)[0].tolist() == [0.0, 0.0, 1.0]  # the strongest, last
-    assert all(choose_weights(method, logits, labels)[1] is None for method in METHODS)  # no temperature by default
+    assert all(choose_weights(method, logits, labels)[1] is None for method in AVERAGING)  # no temperature by default
+    assert sorted([*AVERAGING, STACKING]) == sorted(METHODS)  # every configurable name has its implementation
+    with pytest.raises(ValueError, match="'stacking' is not a softmax-averaging method"):
+        choose_weights("stacking", logits, labels)  # no silent fall-through to "best"
 
 
 def test_with_temperature_weights_are_fitted_on_the_calibrated_members():
@@ -223,8 +230,7 @@ def test_with_temperature_every_score_and_output_uses_the_calibrated_members(spr
             {**logits_metrics(member, labels), **{f"nested_cv_{k}": v for k, v in nested.items()}}
         )
     for method in METHODS:
-        weights, member_temperatures = choose_weights(method, logits, labels, temperature=True)
-        in_sample = probs_metrics(softmax_average(logits, weights, member_temperatures), labels)
+        in_sample = probs_metrics(fit_combination(method, logits, labels, temperature=True).predict(logits), labels)
         nested = probs_metrics(nested_cv_probs(method, logits, labels, fold_of_image, True), labels)
         expected = {**in_sample, **{f"nested_cv_{k}": v for k, v in nested.items()}}
         assert result.metrics["methods"][method] == pytest.approx(expected)
@@ -268,3 +274,100 @@ def test_backbone_names_that_do_not_match_the_logits_are_an_error(members):
     logits, labels = members
     with pytest.raises(ValueError):
         build_ensemble("equal", ["a", "b"], logits, labels, np.arange(len(labels)) % 4, logits[:, :10])
+
+
+def swapping_members(n=800, seed=0):
+    """A strong member that reads classes 0 and 1 the wrong way round, and a weak honest one."""
+    labels = np.random.default_rng(seed).integers(0, 10, n)
+    swapped = noisy_logits(labels, 3.0, seed + 1)[:, [1, 0, *range(2, 10)]]
+    return np.stack([swapped, noisy_logits(labels, 1.0, seed + 2)]), labels
+
+
+def test_stacking_undoes_a_member_that_swaps_two_classes_where_averaging_cannot():
+    logits, labels = swapping_members()
+    fold_of_image = np.arange(len(labels)) % 4
+    nested = {m: probs_metrics(nested_cv_probs(m, logits, labels, fold_of_image, False), labels) for m in METHODS}
+    best_average = max(nested[m]["accuracy"] for m in AVERAGING)
+    assert best_average < 0.75  # averaging keeps the swap: classes 0 and 1 (a fifth of the rows) mostly wrong
+    assert nested[STACKING]["accuracy"] > best_average + 0.12  # measured 0.891 against 0.725
+    assert nested[STACKING]["log_loss"] < min(nested[m]["log_loss"] for m in AVERAGING) - 0.3
+
+
+def test_a_stacking_submission_uses_the_model_fitted_on_all_oof_rows_and_records_it():
+    logits, labels = swapping_members()
+    test_logits = swapping_members(n=50, seed=7)[0]
+    result = build_ensemble("stacking", ["a", "b"], logits, labels, np.arange(len(labels)) % 4, test_logits)
+    assert result.method == "stacking" and result.notes == []
+    combination = fit_combination("stacking", logits, labels)
+    assert np.allclose(result.test_probs, combination.predict(test_logits))
+    assert np.allclose(result.oof_probs, combination.predict(logits))
+    assert not np.allclose(result.test_probs, softmax_average(test_logits, combination.weights))  # not an average
+    assert result.weights == pytest.approx({"a": combination.weights[0], "b": combination.weights[1]})
+    assert sum(result.weights.values()) == pytest.approx(1) and result.weights["a"] > result.weights["b"]
+    assert result.weights_json() == {
+        "method": "stacking", "weights_kind": "coefficient_norm_share", "weights": result.weights,
+        "temperatures": None, "stacking": {"C": combination.stacker.C, "coef_shape": [10, 20]},
+    }  # fmt: skip
+    assert result.metrics["submission"] == {"method": "stacking", **result.metrics["methods"]["stacking"]}
+
+
+def overfitting_members(n=160, n_noise=7, seed=0):
+    """One informative member and many without signal, on few rows: 810 coefficients from 120 fitting rows."""
+    labels = np.random.default_rng(seed).integers(0, 10, n)
+    noise = [noisy_logits(labels, 0.0, seed + 2 + i) for i in range(n_noise)]
+    return np.stack([noisy_logits(labels, 2.5, seed + 1), *noise]), labels
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_nested_cv_rejects_stacking_that_overfits_few_rows_of_many_members(fallback):
+    logits, labels = overfitting_members()
+    names = [f"m{i}" for i in range(len(logits))]
+    result = build_ensemble("stacking", names, logits, labels, np.arange(len(labels)) % 4, logits[:, :10],
+                            fallback=fallback)  # fmt: skip
+    scores = result.metrics["methods"]
+    best_average = max(scores[m]["nested_cv_accuracy"] for m in AVERAGING)
+    assert scores["stacking"]["nested_cv_accuracy"] < best_average - 0.2  # measured 0.431 against 0.744
+    assert scores["stacking"]["accuracy"] > scores["best"]["accuracy"]  # in sample it flatters itself
+    assert result.notes[0].startswith("stacking weights do not beat the best single backbone in nested CV")
+    if fallback:
+        assert result.method == "best" and result.stacking is None and result.weights["m0"] == 1.0
+        assert result.weights_json()["weights_kind"] == "softmax_average"
+        assert np.allclose(result.test_probs, softmax(logits[0, :10], axis=1))
+    else:
+        assert result.method == "stacking" and result.stacking is not None
+
+
+def test_stacking_in_nested_cv_never_sees_the_held_out_fold():
+    logits, labels = swapping_members(n=400)
+    fold_of_image = np.arange(len(labels)) % 4
+    probs = nested_cv_probs(STACKING, logits, labels, fold_of_image, False)
+    held_out = fold_of_image == 2
+    relabelled = labels.copy()
+    relabelled[held_out] = np.random.default_rng(1).integers(0, 10, held_out.sum())
+    assert (relabelled != labels).mean() > 0.2
+    again = nested_cv_probs(STACKING, logits, relabelled, fold_of_image, False)
+    assert np.array_equal(again[held_out], probs[held_out])  # neither C nor coefficients saw these labels
+    assert not np.allclose(again[~held_out], probs[~held_out])  # while the other folds' fits did
+    for fold in range(4):  # nor their logits (the scaler's means and spreads)
+        rows = fold_of_image == fold
+        alone = fit_combination(STACKING, logits[:, ~rows], labels[~rows]).predict(logits[:, rows])
+        assert np.array_equal(probs[rows], alone)
+
+
+def test_the_inner_search_regularises_noise_most_and_a_learnable_swap_less():
+    rng = np.random.default_rng(0)
+    noise_labels = rng.integers(0, 10, 300)
+    assert fit_combination(STACKING, rng.normal(size=(3, 300, 10)), noise_labels).stacker.C == min(C_GRID)
+    assert fit_combination(STACKING, *swapping_members()).stacker.C >= 0.1
+
+
+def test_with_temperature_stacking_is_fitted_and_applied_on_the_calibrated_members(spread_temperatures):
+    logits, labels = members_weakest_first()
+    overconfident = logits * np.array([6.0, 1.0, 3.0])[:, None, None]
+    temperatures = spread_temperatures(overconfident, labels)
+    combination = fit_combination(STACKING, overconfident, labels, temperature=True)
+    assert combination.temperatures.tolist() == temperatures.tolist()
+    calibrated = overconfident / temperatures[:, None, None]
+    expected = fit_stacker(calibrated, labels).predict_probs(calibrated)
+    assert np.allclose(combination.predict(overconfident), expected)
+    assert not np.allclose(expected, fit_stacker(overconfident, labels).predict_probs(calibrated), atol=1e-3)

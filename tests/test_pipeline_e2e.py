@@ -83,7 +83,7 @@ def test_metrics_report_every_backbone_and_the_ensemble(repo):
     metrics = json.loads((repo / "artifacts/metrics/ensemble.json").read_text())
     assert list(metrics["backbones"]) == list(TINY["backbones"])
     assert metrics["backbones"]["tf_efficientnet_lite0"]["accuracy"] > 0.3
-    assert set(metrics["methods"]) == {"best", "equal", "fitted", "caruana"}
+    assert set(metrics["methods"]) == {"best", "equal", "fitted", "caruana", "stacking"}
     fitted = metrics["methods"]["fitted"]
     assert fitted["log_loss"] <= min(m["log_loss"] for m in metrics["backbones"].values()) + 1e-6
     assert metrics["submission"]["method"] in ("fitted", "best")  # best when fitted loses in nested CV

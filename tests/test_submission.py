@@ -113,6 +113,13 @@ def test_submission_message_names_the_backbones_method_and_accuracy(tmp_path):
     assert submission_message(path) == "fitted softmax ensemble of resnet18, vit_b_16; nested-CV accuracy 0.9124"
 
 
+def test_a_stacking_submission_message_does_not_call_it_a_softmax_average(tmp_path):
+    path = write_metrics(
+        tmp_path, {"backbones": ["a", "b"], "submission": {"method": "stacking", "nested_cv_accuracy": 0.5}}
+    )
+    assert submission_message(path) == "logistic-regression stacking ensemble of a, b; nested-CV accuracy 0.5000"
+
+
 @pytest.mark.parametrize(
     "metrics",
     [
