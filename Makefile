@@ -23,7 +23,7 @@ DEMO_PARAMS := \
 	-S ++train.overrides.tf_efficientnet_lite0.image_size=64 \
 	-S predict.batch_size=256
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo train test lint clean
 
 setup: $(VENV)/.installed
 
@@ -36,6 +36,11 @@ demo: setup
 	dvc exp run $(DEMO_PARAMS)
 	dvc metrics show
 	@echo "submission: artifacts/submission.csv ($$(($$(wc -l < artifacts/submission.csv) - 1)) rows)"
+
+# One train stage per GPU at once (GPUS=0,1,2,3), then predict, ensemble and submission: stages/train_parallel.py
+GPUS ?= 0
+train: setup
+	python -m stages.train_parallel --devices '$(GPUS)'
 
 test: setup
 	python -m pytest

@@ -163,7 +163,11 @@ def train_one_fold(
     scored = {kind: logits_metrics(logits, split.valid_labels) for kind, logits in valid_logits.items()}
     kept = better_weights(scored)
     model = recipe.model if kept == "raw" else recipe.ema.module
-    metrics = {**scored[kept], "ema_kept": int(kept == "ema"), **{f"{kind}_accuracy": m["accuracy"] for kind, m in scored.items()}}
+    metrics = {
+        **scored[kept],
+        "ema_kept": int(kept == "ema"),
+        **{f"{kind}_accuracy": m["accuracy"] for kind, m in scored.items()},
+    }
     return FoldResult(model, valid_logits[kept], metrics, history, world.is_main, resume_path)
 
 

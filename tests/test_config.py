@@ -8,6 +8,7 @@ import yaml
 from pipeline.config import ConfigError, _from_dict, load_config
 
 REPO = Path(__file__).resolve().parents[1]
+ONE = "backbones: {a: {model: m}}\n"  # one backbone, its timm name never looked up
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -28,7 +29,10 @@ def test_committed_params_yaml_is_the_real_job_valid_and_typed(tmp_path):
 
 
 def test_a_backbones_own_settings_change_only_that_backbone(tmp_path):
-    text = "backbones:\n  a: {model: resnet18}\n  b: {model: vit_b_16.augreg_in1k, lr: 0.5}\ntrain: {lr: 1.0e-3, image_size: 32}\n"
+    text = (
+        "backbones:\n  a: {model: resnet18}\n  b: {model: vit_b_16.augreg_in1k, lr: 0.5}\n"
+        "train: {lr: 1.0e-3, image_size: 32}\n"
+    )
     cfg = load_config(write(tmp_path, text))
     assert list(cfg.backbones) == ["a", "b"]
     a, b = cfg.backbone("a"), cfg.backbone("b")
@@ -49,12 +53,12 @@ def test_a_stage_naming_an_unlisted_backbone_is_told_which_are_listed(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("backbones: {a: {model: m}}\ntrain: {lr: 3e-4}\n", "params.yaml:train:lr must be float, got '3e-4' (PyYAML"),
-        ("backbones: {a: {model: m}}\ntrain: {lrr: 0.1}\n", "params.yaml:train:lrr is not a known setting"),
-        ("backbones: {a: {model: m}}\ntrain: {epochs: 1.5}\n", "params.yaml:train:epochs must be int"),
+        (ONE + "train: {lr: 3e-4}\n", "params.yaml:train:lr must be float, got '3e-4' (PyYAML"),
+        (ONE + "train: {lrr: 0.1}\n", "params.yaml:train:lrr is not a known setting"),
+        (ONE + "train: {epochs: 1.5}\n", "params.yaml:train:epochs must be int"),
         ("backbones: {a: {model: m, batch: 3}}\n", "params.yaml:backbones:a:batch is not a known setting"),
-        ("backbones: {a: {model: m}}\ncv: {folds: [0]}\n", "cv:folds must be [0, 1, ..., k-1] with k >= 2"),
-        ("backbones: {a: {model: m}}\ncv: {folds: [0, 2]}\n", "cv:folds must be [0, 1, ..., k-1]"),
+        (ONE + "cv: {folds: [0]}\n", "cv:folds must be [0, 1, ..., k-1] with k >= 2"),
+        (ONE + "cv: {folds: [0, 2]}\n", "cv:folds must be [0, 1, ..., k-1]"),
         ("backbones: {}\n", "backbones must map one or more names to their timm model"),
         ("backbones: [resnet18]\n", "backbones must map one or more names to their timm model"),
         ("backbones: {a: {lr: 0.1}}\n", "params.yaml:backbones:a must be a mapping with `model: <timm name>`, got"),
@@ -62,21 +66,27 @@ def test_a_stage_naming_an_unlisted_backbone_is_told_which_are_listed(tmp_path):
         # what `dvc exp run -S ++backbones.a.fb_in1k.lr=...` writes when a dotted timm name is used as the key
         ("backbones: {a: {model: m, fb_in1k: {lr: 0.1}}}\n", "params.yaml:backbones:a:fb_in1k is not a known setting"),
         ("backbones: {convnext_tiny.fb_in1k: {model: m}}\n", "'convnext_tiny.fb_in1k' is not a backbone name"),
-        ("backbones: {a: {model: m}}\nensemble: {method: median}\n", "ensemble:method must be one of"),
-        ("backbones: {a: {model: m}}\ndata: {source: s3}\n", "data:source must be one of"),
-        ("backbones: {a: {model: m}}\ndata: {source: local}\n", "data:path must name"),
-        ("backbones: {a: {model: m}}\ntrain: {weights: imagenet}\n", "train:weights for a must be one of"),
-        ("backbones: {a: {model: m}}\ntta: {hflip: 1}\n", "tta:hflip must be bool"),
-        ("backbones: {a: {model: m}}\npredict: {hflip: true}\n", "predict:hflip is not a known setting"),
-        ("backbones: {a: {model: m}}\ntrain: {layer_decay_floor: 0.0}\n", "layer_decay_floor must be in (0, 1]"),
-        ("backbones: {a: {model: m}}\ntrain: {mixup_prob: 1.5}\n", "mixup_prob in [0, 1]"),
-        ("backbones: {a: {model: \"a'; touch x; '\"}}\n", "backbones:a:model: \"a'; touch x; '\" is not a timm model name (lower-case"),
+        (ONE + "ensemble: {method: median}\n", "ensemble:method must be one of"),
+        (ONE + "data: {source: s3}\n", "data:source must be one of"),
+        (ONE + "data: {source: local}\n", "data:path must name"),
+        (ONE + "train: {weights: imagenet}\n", "train:weights for a must be one of"),
+        (ONE + "tta: {hflip: 1}\n", "tta:hflip must be bool"),
+        (ONE + "predict: {hflip: true}\n", "predict:hflip is not a known setting"),
+        (ONE + "train: {layer_decay_floor: 0.0}\n", "layer_decay_floor must be in (0, 1]"),
+        (ONE + "train: {mixup_prob: 1.5}\n", "mixup_prob in [0, 1]"),
+        (
+            "backbones: {a: {model: \"a'; touch x; '\"}}\n",
+            "backbones:a:model: \"a'; touch x; '\" is not a timm model name (lower-case",
+        ),
         ("backbones: {a: {model: ../../etc}}\n", "backbones:a:model: '../../etc' is not a timm model name"),
         ("backbones: {a: {model: Resnet18}}\n", "backbones:a:model: 'Resnet18' is not a timm model name"),
         ("backbones: {a: {model: resnet18.a1.in1k}}\n", "'resnet18.a1.in1k' is not a timm model name"),
         ("backbones: {a: {model: 'resnet18 '}}\n", "'resnet18 ' is not a timm model name"),
-        ("backbones: {a: {model: m}}\nlauncher: {nproc_per_node: 0}\n", "launcher:nproc_per_node must be 1 or more, got 0"),
-        ("backbones: {a: {model: m}}\nlauncher: torchrun --nproc_per_node=4\n", "launcher must be a mapping"),
+        (
+            ONE + "launcher: {nproc_per_node: 0}\n",
+            "launcher:nproc_per_node must be 1 or more, got 0",
+        ),
+        (ONE + "launcher: torchrun --nproc_per_node=4\n", "launcher must be a mapping"),
     ],
 )
 def test_bad_params_are_rejected_with_the_key_named(tmp_path, text, message):
@@ -101,7 +111,7 @@ def test_timm_names_with_and_without_tags_are_accepted(tmp_path):
     ],
 )  # fmt: skip
 def test_boundary_and_weights_file_settings_are_accepted(tmp_path, train):
-    cfg = load_config(write(tmp_path, f"backbones: {{a: {{model: m}}}}\ncv: {{folds: [0, 1]}}\ntrain: {train}\n"))
+    cfg = load_config(write(tmp_path, ONE + f"cv: {{folds: [0, 1]}}\ntrain: {train}\n"))
     assert cfg.cv.folds == (0, 1)
     for key, value in yaml.safe_load(train).items():
         assert getattr(cfg.backbone("a").train, key) == value
@@ -133,20 +143,20 @@ RANGES = "params.yaml:train for a: layer_decay_floor must be in (0, 1], mixup_pr
 )
 def test_each_out_of_range_training_setting_is_rejected_alone(tmp_path, train, message):
     with pytest.raises(ConfigError) as excinfo:
-        load_config(write(tmp_path, f"backbones: {{a: {{model: m}}}}\ntrain: {train}\n"))
+        load_config(write(tmp_path, ONE + f"train: {train}\n"))
     assert str(excinfo.value) == message
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("backbones: {a: {model: m}}\ncv: {folds: [0]}\n", "params.yaml:cv:folds must be [0, 1, ..., k-1] with k >= 2, got [0]."),
-        ("backbones: {a: {model: m}}\ncv: {folds: 2}\n", "params.yaml:cv:folds must be a list, got 2."),
-        ("backbones: {a: {model: m}}\ncv: {folds: [0, x]}\n", "params.yaml:cv:folds[1] must be int, got 'x'."),
+        (ONE + "cv: {folds: [0]}\n", "params.yaml:cv:folds must be [0, 1, ..., k-1] with k >= 2, got [0]."),
+        (ONE + "cv: {folds: 2}\n", "params.yaml:cv:folds must be a list, got 2."),
+        (ONE + "cv: {folds: [0, x]}\n", "params.yaml:cv:folds[1] must be int, got 'x'."),
         ("backbones: {a: {model: m, epochs: x}}\n", "params.yaml:backbones:a:epochs must be int, got 'x'."),
-        ("backbones: {a: {model: m}}\ntrain: {epochs: x}\n", "params.yaml:train:epochs must be int, got 'x'."),
-        ("backbones: {a: {model: m}}\ntrain: {lr: true}\n", "params.yaml:train:lr must be float, got True."),
-        ("backbones: {a: {model: m}}\ntta: {flip: true}\n", "params.yaml:tta:flip is not a known setting; known: hflip, shift."),
+        (ONE + "train: {epochs: x}\n", "params.yaml:train:epochs must be int, got 'x'."),
+        (ONE + "train: {lr: true}\n", "params.yaml:train:lr must be float, got True."),
+        (ONE + "tta: {flip: true}\n", "params.yaml:tta:flip is not a known setting; known: hflip, shift."),
     ],
 )  # fmt: skip
 def test_bad_params_messages_name_the_file_the_key_and_the_value(tmp_path, text, message):
@@ -162,7 +172,7 @@ def test_every_ensemble_method_is_accepted(tmp_path, method):
 
 
 def test_an_int_is_accepted_where_a_float_is_expected(tmp_path):
-    cfg = load_config(write(tmp_path, "backbones: {a: {model: m}}\ntrain: {lr: 1}\n"))
+    cfg = load_config(write(tmp_path, ONE + "train: {lr: 1}\n"))
     assert cfg.train.lr == 1.0 and type(cfg.train.lr) is float
 
 

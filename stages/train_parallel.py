@@ -1,0 +1,41 @@
+"""Train every backbone and fold side by side, one stage per GPU, through DVC (a command, not a DVC stage).
+
+`make train GPUS=0,1,2,3` runs: `dvc repro folds` (data and folds, once), then the train stages four at a time,
+each on its own GPU, then `dvc repro` for predict, ensemble and submission. See pipeline/fanout.py.
+"""
+
+import argparse
+import subprocess
+from pathlib import Path
+
+from pipeline import cli, config, fanout
+from pipeline.errors import PipelineError
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--devices", required=True, help="comma-separated CUDA device ids, one train stage each")
+    parser.add_argument("--logs", type=Path, default=Path("artifacts/logs"), help="one <stage>.log per train stage")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+
+    cfg = config.load_config(args.params)
+    if cfg.launcher.nproc_per_node != 1:
+        raise PipelineError(
+            f"{args.params}: launcher.nproc_per_node is {cfg.launcher.nproc_per_node}, but a parallel run gives each"
+            " train stage one GPU; set it to 1 (`dvc exp run -S launcher.nproc_per_node=1` or edit params.yaml)."
+        )
+    root = args.params.resolve().parent
+    devices = [device.strip() for device in args.devices.split(",")]
+    _dvc(["repro", "folds"], root)
+    fanout.train_in_parallel(fanout.train_stages(root), devices, args.logs, root)
+    _dvc(["repro"], root)
+
+
+def _dvc(arguments: list[str], cwd: Path) -> None:
+    if subprocess.run(["dvc", *arguments], cwd=cwd).returncode != 0:
+        raise PipelineError(f"`dvc {' '.join(arguments)}` failed (its output is above); fix that and re-run.")
+
+
+if __name__ == "__main__":
+    cli.run(main)
