@@ -1,9 +1,9 @@
 """A train stage's per-epoch curves and fold metrics, logged with DVCLive.
 
-One folder per backbone and fold (`layout.fold_dir`): `metrics.json` (the fold's final metrics with the last
-epoch's values) and `plots/metrics/<name>.tsv` (one row per epoch, `step` = epoch). dvc.yaml declares both with
-`cache: false` and git does not ignore them, so every experiment commits them: `dvc exp show` lists them,
-`dvc plots diff` overlays them, and VS Code's DVC extension draws the curves while the fold trains.
+One folder per backbone and fold (`layout.fold_file(live, backbone, fold, "")`): `metrics.json` (the fold's final
+metrics with the last epoch's values) and `plots/metrics/<name>.tsv` (a row per epoch: timestamp in ms, `step` =
+the epoch, the value). dvc.yaml declares them as the train stage's metrics and plots, so `dvc exp show` lists them
+for every experiment, `dvc plots diff` overlays them, and VS Code's DVC extension draws them while a fold trains.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class FoldLog:
         self._live.step = int(row["epoch"])
         for name, value in row.items():
             if name != "epoch":
-                self._live.log_metric(name, float(value))
+                self._live.log_metric(name, float(value), timestamp=True)  # resumed epochs: when replayed
         self._live.next_step()
 
     def finish(self, metrics: Mapping[str, float]) -> None:

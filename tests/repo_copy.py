@@ -48,7 +48,7 @@ def committed_copy(repo: Path, params: dict) -> Path:
 
 
 def git_commit(repo: Path, message: str) -> None:
-    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message)
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-aqm", message)
 
 
 def sh_json(repo: Path, *cmd: str):
