@@ -9,7 +9,8 @@ export PATH := $(BIN):$(PATH)
 DEMO_PARAMS := \
 	-S data.source=sample \
 	-S 'cv.folds=[0,1,2]' \
-	-S 'backbones=[tf_efficientnet_lite0,tf_efficientnet_lite1]' \
+	-S '~backbones' \
+	-S '+backbones={lite0: {model: tf_efficientnet_lite0, image_size: 64}, lite1: {model: tf_efficientnet_lite1}}' \
 	-S train.epochs=6 \
 	-S train.batch_size=64 \
 	-S train.lr=2.0e-3 \
@@ -20,7 +21,6 @@ DEMO_PARAMS := \
 	-S train.cutmix=0 \
 	-S train.drop_path=0 \
 	-S train.ema_decay=0 \
-	-S ++train.overrides.tf_efficientnet_lite0.image_size=64 \
 	-S predict.batch_size=256
 
 .PHONY: setup demo train test lint clean
@@ -32,10 +32,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+DEMO_START := $(shell date +%s)
+DEMO_TIMINGS := artifacts/logs/demo-timings.jsonl
 demo: setup
-	dvc exp run $(DEMO_PARAMS)
-	dvc metrics show
-	@echo "submission: artifacts/submission.csv ($$(($$(wc -l < artifacts/submission.csv) - 1)) rows)"
+	rm -f $(DEMO_TIMINGS)
+	PIPELINE_TIMINGS=$(DEMO_TIMINGS) dvc exp run $(DEMO_PARAMS)
+	python -m stages.summary --timings $(DEMO_TIMINGS) --since $(DEMO_START)
 
 # One train stage per GPU at once (GPUS=0,1,2,3), then predict, ensemble and submission: stages/train_parallel.py
 GPUS ?= 0
@@ -49,8 +51,10 @@ lint: setup
 	ruff check pipeline stages tests benchmarks
 	ruff format --check pipeline stages tests benchmarks
 
+# Empties artifacts/ and keeps DVC's cache: `dvc checkout` (or `dvc repro`) restores the outputs without work.
+# To drop cached outputs no experiment uses: `dvc gc --workspace --all-experiments`.
 clean:
-	rm -rf artifacts/* .dvc/cache .dvc/tmp
+	rm -rf artifacts/*
 
 # Mutation testing of the modules that guard data, each against its own unit tests: the list is [tool.mutmut] in
 # pyproject.toml. Slow (minutes a module) and not part of `make test` or CI. A fresh mutants/ each run, because

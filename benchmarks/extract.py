@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import py7zr
-from host import describe_host
 from PIL import Image
 
 from pipeline import seven_zip_stream
 from pipeline.archive import open_archive, read_member_ids
 from pipeline.dataset import write_images_npy
+from pipeline.host import describe_host
 from pipeline.sample import draw_image, encode_png
 
 # pixel noise that gives PNGs of ~2.26 KB on average, as Kaggle's (2.27 KB)

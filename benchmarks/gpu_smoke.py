@@ -17,12 +17,12 @@ import time
 
 import numpy as np
 import torch
-from host import describe_host
 from train_throughput import bare
 
 from pipeline.config import TrainConfig, load_config
 from pipeline.distributed import World
 from pipeline.folds import Split
+from pipeline.host import describe_host
 from pipeline.host_sync import count_host_syncs
 from pipeline.inference import predict_logits
 from pipeline.models import normalisation

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tomllib
 from collections import Counter
 from pathlib import Path
 
@@ -22,11 +23,6 @@ from mutmut.__main__ import find_mutant, get_diff_for_mutant
 from mutmut.configuration import config
 from mutmut.mutation.data import SourceFileMutationData
 from mutmut.stats import status_by_exit_code
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # mutmut installs toml there
-    import toml as tomllib
 
 MODULE_DIR, TEST_DIR = Path("pipeline"), Path("tests")
 EQUIVALENTS = Path(__file__).with_name("mutation_equivalents.toml")

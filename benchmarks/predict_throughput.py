@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
-from host import describe_host
 
 from pipeline.batches import pick_device
+from pipeline.host import describe_host
 from pipeline.inference import predict_logits
 
 

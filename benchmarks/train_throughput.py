@@ -17,12 +17,12 @@ import time
 import numpy as np
 import timm
 import torch
-from host import describe_host
 from timm.optim import create_optimizer_v2
 
 from pipeline.config import TrainConfig
 from pipeline.distributed import join_world
 from pipeline.folds import Split
+from pipeline.host import describe_host
 from pipeline.models import normalisation
 from pipeline.recipe import build_recipe
 from pipeline.training import train_epoch

@@ -7,15 +7,36 @@ flip, resize and normalisation then run once per batch in torch, never per image
 from __future__ import annotations
 
 import functools
+import logging
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+log = logging.getLogger(__name__)
+
 
 def pick_device() -> torch.device:
-    """CUDA when present, else the CPU: the one place the device is chosen."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when present, else the CPU: the one place the device is chosen.
+
+    A torch built with CUDA that finds no usable GPU (most often a driver older than that CUDA build) would
+    otherwise train on the CPU in silence, for days: it says so, once per process.
+    """
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.version.cuda is not None:
+        _warn_no_gpu(torch.__version__, torch.version.cuda)
+    return torch.device("cpu")
+
+
+@functools.cache
+def _warn_no_gpu(torch_version: str, cuda_version: str) -> None:
+    log.warning(
+        "torch %s is built for CUDA %s but finds no usable GPU, so this runs on the CPU (far slower). If this"
+        " machine has one, check `nvidia-smi`: a driver older than CUDA %s needs a torch wheel built for an older"
+        " CUDA (https://pytorch.org/get-started/locally/).",
+        torch_version, cuda_version, cuda_version,
+    )  # fmt: skip
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:

@@ -17,7 +17,7 @@ import os
 import re
 import stat
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -130,10 +130,8 @@ def _token_place(source: str | None) -> str | None:
 
 def _access_token_source() -> str | None:
     """Where kagglesdk finds an access token (`KAGGLE_API_TOKEN`, `access_token`, ...), or None if nowhere."""
-    try:
-        from kagglesdk.kaggle_env import get_access_token_from_env
-    except ImportError:  # kaggle < 1.8 knows no access tokens
-        return None
+    from kagglesdk.kaggle_env import get_access_token_from_env  # kaggle >= 1.8's own client
+
     return get_access_token_from_env()[1]
 
 
@@ -206,7 +204,7 @@ def _failure(exc: Exception) -> str:
         return (
             f"Kaggle refused it because your team has used today's submissions (Kaggle: {says})."
             f" Kaggle allows a fixed number of submissions per day; the count resets at 00:00 UTC,"
-            f" in {_until_utc_midnight(datetime.now(timezone.utc))}. Re-run `python -m stages.submit` then."
+            f" in {_until_utc_midnight(datetime.now(UTC))}. Re-run `python -m stages.submit` then."
         )
     if status == 401:
         return f"Kaggle rejected your credentials (HTTP 401). Create a new token and try again. {CREDENTIALS_HELP}"

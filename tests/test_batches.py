@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import torch
 
@@ -50,3 +52,35 @@ def test_cpu_branch_of_device_helpers():
     assert to_device(images, cpu).dtype == torch.uint8 and to_device(images, cpu).shape == (3, 32, 32, 3)
     scaler = torch.amp.GradScaler("cpu", enabled=autocast_dtype(cpu) == torch.float16)
     assert not scaler.is_enabled()
+
+
+def test_a_cuda_build_that_finds_no_gpu_says_so_once_and_uses_the_cpu(monkeypatch, caplog):
+    import pipeline.batches as batches
+
+    batches._warn_no_gpu.cache_clear()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    with caplog.at_level(logging.WARNING, logger="pipeline.batches"):
+        devices = [batches.pick_device(), batches.pick_device()]
+    assert devices == [torch.device("cpu")] * 2
+    assert len(caplog.records) == 1
+    assert (
+        caplog.records[0]
+        .getMessage()
+        .startswith(
+            f"torch {torch.__version__} is built for CUDA 12.4 but finds no usable GPU, so this runs on the CPU"
+        )
+    )
+
+
+def test_a_cpu_build_uses_the_cpu_without_a_warning_and_a_gpu_is_used_when_found(monkeypatch, caplog):
+    import pipeline.batches as batches
+
+    batches._warn_no_gpu.cache_clear()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with caplog.at_level(logging.WARNING, logger="pipeline.batches"):
+        assert batches.pick_device() == torch.device("cpu")
+    assert caplog.records == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert batches.pick_device() == torch.device("cuda")

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -154,7 +154,7 @@ def test_other_refusals_carry_kaggles_reason(api, tmp_path, error, message):
 
 
 def test_the_wait_until_the_daily_limit_resets_counts_to_utc_midnight():
-    assert kaggle_io._until_utc_midnight(datetime(2025, 3, 1, 20, 47, 30, tzinfo=timezone.utc)) == "3 h 12 min"
+    assert kaggle_io._until_utc_midnight(datetime(2025, 3, 1, 20, 47, 30, tzinfo=UTC)) == "3 h 12 min"
 
 
 # --- credentials never reach the output ---------------------------------------------------------------------

@@ -12,6 +12,7 @@ from kagglesdk.competitions.types.competition_api_service import ApiSubmission
 from kagglesdk.competitions.types.submission_status import SubmissionStatus
 
 from pipeline import cli
+from pipeline.errors import PipelineError
 from pipeline.submission import SubmissionError
 from stages import download, submit
 from tests.test_download import DAILY_LIMIT, http_error, install_fake_kaggle, upload_failed, use_fake_credentials
@@ -131,3 +132,55 @@ def test_submit_refuses_a_submission_with_a_wrong_order(finished_run, tmp_path, 
     with pytest.raises(SubmissionError, match="expected id 1"):
         submit.main(finished_run)
     assert calls == []
+
+
+def test_a_stage_run_with_pipeline_timings_appends_its_label_and_seconds(tmp_path):
+    from pipeline.cli import stage_label
+
+    timings = tmp_path / "logs" / "timings.jsonl"
+    env = {**os.environ, "PIPELINE_TIMINGS": str(timings)}
+    data = {"source": "sample", "sample": {"n_train": 40, "n_test": 10, "seed": 0}}
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"backbones": {"a": {"model": "a"}}, "data": data}))
+    for _ in range(2):
+        subprocess.run([sys.executable, "-m", "stages.download", "--out", str(tmp_path / "raw"), "--params",
+                        str(params)], cwd=REPO, env=env, check=True, capture_output=True)  # fmt: skip
+    rows = [json.loads(line) for line in timings.read_text().splitlines()]
+    assert [row["stage"] for row in rows] == ["download", "download"] and all(row["seconds"] >= 0 for row in rows)
+    assert (
+        stage_label(["/x/stages/train.py", "--backbone", "lite0", "--fold", "2", "--data", "d"]) == "train lite0 fold 2"
+    )
+    assert stage_label(["/x/stages/predict.py", "--backbone", "lite0"]) == "predict lite0"
+
+
+def test_the_summary_adds_up_folds_and_reports_oof_accuracy_and_the_submission(tmp_path, monkeypatch):
+    from stages.summary import summary_lines
+
+    timings = tmp_path / "t.jsonl"
+    timings.write_text("".join(json.dumps(row) + "\n" for row in [
+        {"stage": "extract", "seconds": 4.0}, {"stage": "train lite0 fold 0", "seconds": 30.0},
+        {"stage": "train lite0 fold 1", "seconds": 32.5}, {"stage": "predict lite0", "seconds": 5.0},
+    ]))  # fmt: skip
+    metrics = tmp_path / "ensemble.json"
+    metrics.write_text(json.dumps({
+        "backbones": {"lite0": {"accuracy": 0.8123}, "lite1": {"accuracy": 0.8}},
+        "submission": {"method": "fitted", "accuracy": 0.85, "nested_cv_accuracy": 0.849},
+    }))  # fmt: skip
+    submission = tmp_path / "submission.csv"
+    submission.write_text("id,label\n1,cat\n2,dog\n")
+    monkeypatch.setattr("stages.summary.describe_host", lambda: "host: X")
+    lines = summary_lines(timings, metrics, submission, since=None)
+    assert lines[2:] == [
+        "host: X",
+        "wall time per stage (its own work; DVC adds a few s each):",
+        "  extract                                  4 s",
+        "  train lite0 (2 folds)                   62 s",
+        "  predict lite0                            5 s",
+        "OOF accuracy (held-out folds):",
+        "  lite0                              0.8123",
+        "  lite1                              0.8000",
+        "  ensemble (fitted)                  0.8500   nested-CV estimate 0.8490",
+        f"submission: {submission} (2 rows); send it with `python -m stages.submit`",
+    ]
+    with pytest.raises(PipelineError, match="cannot summarise the run"):
+        summary_lines(tmp_path / "absent.jsonl", metrics, submission, since=None)
