@@ -167,7 +167,7 @@ def test_bad_params_messages_name_the_file_the_key_and_the_value(tmp_path, text,
 
 @pytest.mark.parametrize("method", ["fitted", "equal", "best", "caruana", "stacking"])
 def test_every_ensemble_method_is_accepted(tmp_path, method):
-    cfg = load_config(write(tmp_path, f"backbones: [a]\nensemble: {{method: {method}}}\n"))
+    cfg = load_config(write(tmp_path, ONE + f"ensemble: {{method: {method}}}\n"))
     assert cfg.ensemble.method == method and cfg.ensemble.fallback is True
 
 
