@@ -124,7 +124,7 @@ def experiments(repo: Path) -> dict[str, dict]:
 
 def test_experiments_keep_their_metrics_and_one_backbones_setting_retrains_only_it(repo):
     sh(repo, "dvc", "exp", "run", "-n", "base")
-    output = sh(repo, "dvc", "exp", "run", "-n", "faster", "-S", "backbones.test_efficientnet.lr=1.0e-2")
+    output = sh(repo, "dvc", "exp", "run", "-n", "faster", "-S", "++backbones.test_efficientnet.lr=1.0e-2")
     assert sorted(stages_run(output)) == [
         "ensemble", "predict@test_efficientnet", "submission", "train@test_efficientnet-0", "train@test_efficientnet-1",
     ]  # fmt: skip
