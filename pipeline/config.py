@@ -159,7 +159,7 @@ def _backbones(raw, shared: TrainConfig, where: str) -> dict[str, Backbone]:
         if not isinstance(entry, dict) or not isinstance(entry.get("model"), str):
             raise ConfigError(
                 f"{where}:{name} must be a mapping with `model: <timm name>`, got {entry!r}; a setting for one"
-                f" backbone goes inside its entry (`dvc exp run -S backbones.{name}.lr=3.0e-4`)."
+                f" backbone goes inside its entry (`dvc exp run -S ++backbones.{name}.lr=3.0e-4`)."
             )
         own = {key: value for key, value in entry.items() if key != "model"}
         check_timm_model(entry["model"], where=f"{where}:{name}:model")

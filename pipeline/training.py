@@ -107,7 +107,6 @@ def train_one_fold(
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:  # a half-loaded state is rebuilt
             log.warning("%s: resume file %s does not fit (%s); starting from epoch 1", name, resume_path, exc)
             recipe = build_recipe(backbone, cfg, len(split.train_images), world)
-            start_epoch, history = 0, []
     on_epoch = on_epoch if world.is_main and on_epoch is not None else lambda row: None
     for row in history:
         on_epoch(row)
