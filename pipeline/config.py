@@ -62,6 +62,7 @@ class TrainConfig:
     layer_decay_floor: float = 1.0  # lr scale of the lowest layer group (1: off); the head keeps 1
     warmup_epochs: int = 1
     head_epochs: int = 0  # first epochs train the new head only, the backbone frozen
+    freeze_blocks: int = 0  # the stem and this many of timm's coarse blocks stay frozen all along (0: none)
     label_smoothing: float = 0.1
     mixup: float = 0.0  # mixup alpha (0: off)
     cutmix: float = 0.0  # cutmix alpha (0: off)
@@ -200,6 +201,8 @@ def _check(cfg: Config, where: str) -> None:
                 f"{where}:train for {backbone}: layer_decay_floor must be in (0, 1], mixup_prob in [0, 1] and"
                 " mixup_off_epoch >= 0."
             )
+        if bb.freeze_blocks < 0:
+            raise ConfigError(f"{where}:train for {backbone}: freeze_blocks must be 0 or more, got {bb.freeze_blocks}.")
 
 
 def check_backbone_name(name: str, where: str) -> None:

@@ -1,9 +1,11 @@
 """The fine-tuning recipe built from timm's blocks: model, optimizer with layer decay, schedule, EMA, mixup.
 
-`build_recipe` makes every object a fold's training updates; `wrap_for_world` puts the model behind DDP
-(several processes) and `torch.compile`. Layer decay is set by the lowest group's lr scale, not by a per-layer
-factor: timm's per-layer factor compounds over each model's own number of groups (20 for convnext_tiny, 42
-for tf_efficientnetv2_s), so one factor freezes a deep model's early layers and barely touches a shallow one's.
+`build_recipe` makes every object a fold's training updates, after freezing the stem and the first
+`freeze_blocks` of timm's coarse blocks when asked (`freeze_lower_blocks`); `wrap_for_world` puts the model
+behind DDP (several processes) and `torch.compile`. Layer decay is set by the lowest group's lr scale, not by
+a per-layer factor: timm's per-layer factor compounds over each model's own number of groups (20 for
+convnext_tiny, 42 for tf_efficientnetv2_s), so one factor freezes a deep model's early layers and barely
+touches a shallow one's.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from pipeline.batches import autocast_dtype
 from pipeline.config import TrainConfig
 from pipeline.distributed import World
+from pipeline.errors import PipelineError
 from pipeline.models import create_backbone
 
 
@@ -41,6 +44,14 @@ class Recipe:
     mixup: Mixup | None
     updates_per_epoch: int
     head_only: bool = False  # whether only the head is trainable (what `forward` was wrapped for)
+    frozen_names: frozenset[str] = frozenset()  # parameters frozen all along (`freeze_blocks`)
+    frozen_modules: tuple[nn.Module, ...] = ()  # the outermost modules holding only those: kept in eval mode
+
+    def train_mode(self) -> None:
+        """Training mode, but for the frozen lower blocks: their batch norm keeps its pretrained statistics."""
+        self.forward.train()
+        for module in self.frozen_modules:
+            module.eval()
 
     def state(self) -> dict:
         """The objects a resume file saves and restores."""
@@ -59,6 +70,7 @@ def build_recipe(backbone: str, cfg: TrainConfig, n_train: int, world: World) ->
     model = create_backbone(backbone, cfg.weights, drop_path=cfg.drop_path)
     model.to(world.device).to(memory_format=torch.channels_last)
     model = sync_batchnorm_if_needed(model, world)
+    frozen_names, frozen_modules = freeze_lower_blocks(model, cfg.freeze_blocks)  # before the optimizer sees them
     updates_per_epoch = math.ceil(n_train / cfg.batch_size)
     fused = {"fused": True} if world.device.type == "cuda" and cfg.optimizer.lower() in ("adam", "adamw") else {}
     optimizer = create_optimizer_v2(
@@ -76,7 +88,40 @@ def build_recipe(backbone: str, cfg: TrainConfig, n_train: int, world: World) ->
     if cfg.mixup > 0 or cfg.cutmix > 0:
         mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
                       label_smoothing=cfg.label_smoothing, num_classes=model.num_classes)  # fmt: skip
-    return Recipe(model, wrap_for_world(model, cfg, world), optimizer, scheduler, scaler, ema, mixup, updates_per_epoch)
+    return Recipe(model, wrap_for_world(model, cfg, world), optimizer, scheduler, scaler, ema, mixup, updates_per_epoch,
+                  frozen_names=frozen_names, frozen_modules=frozen_modules)  # fmt: skip
+
+
+def freeze_lower_blocks(model: nn.Module, n_blocks: int) -> tuple[frozenset[str], tuple[nn.Module, ...]]:
+    """Stop gradients to the stem and the first `n_blocks` of timm's coarse blocks (stages for EfficientNet and
+    ConvNeXt, layers for ResNet); returns their parameter names and the outermost modules that hold only those.
+
+    Autograd then never goes back through them (the backward pass of the high-resolution layers is most of a
+    CPU update), and the optimizer, built afterwards, never sees them. Keep the modules in eval mode while
+    training (`Recipe.train_mode`) so their batch norm statistics stay pretrained too.
+    """
+    if n_blocks == 0:
+        return frozenset(), ()
+    if not hasattr(model, "group_matcher"):
+        raise PipelineError(f"{type(model).__name__} has no timm group_matcher: train.freeze_blocks must be 0 for it.")
+    grouped = group_parameters(model, model.group_matcher(coarse=True))
+    groups = [names for _, names in sorted(grouped.items())]  # the stem, the blocks, the head
+    if n_blocks > len(groups) - 2:
+        raise PipelineError(
+            f"train.freeze_blocks is {n_blocks}, but {type(model).__name__} has {len(groups) - 2} blocks after its"
+            " stem: set at most that (the head always trains)."
+        )
+    frozen = frozenset(name for names in groups[: n_blocks + 1] for name in names)
+    for name, param in model.named_parameters():
+        if name in frozen:
+            param.requires_grad_(False)
+    modules, kept = [], []
+    for name, module in model.named_modules():  # parents come before their children
+        names = {n for n, _ in module.named_parameters(prefix=name)}
+        if names and names <= frozen and not any(name.startswith(k + ".") for k in kept):
+            modules.append(module)
+            kept.append(name)
+    return frozen, tuple(modules)
 
 
 def sync_batchnorm_if_needed(model: nn.Module, world: World) -> nn.Module:
@@ -117,12 +162,15 @@ def wrap_for_world(model: nn.Module, cfg: TrainConfig, world: World) -> nn.Modul
 
 
 def set_head_only(recipe: Recipe, head_only: bool, cfg: TrainConfig, world: World) -> None:
-    """Freeze (or unfreeze) everything but the classifier; under DDP, re-wrap for the new set of parameters."""
+    """Freeze (or unfreeze) everything but the classifier; under DDP, re-wrap for the new set of parameters.
+
+    The blocks frozen all along (`freeze_blocks`) stay frozen when the rest is unfrozen.
+    """
     if head_only == recipe.head_only:
         return
     head = recipe.model.default_cfg["classifier"]
     for param_name, param in recipe.model.named_parameters():
-        param.requires_grad_(not head_only or param_name.startswith(head))
+        param.requires_grad_((not head_only or param_name.startswith(head)) and param_name not in recipe.frozen_names)
     recipe.head_only = head_only
     if world.size > 1:
         recipe.forward = wrap_for_world(recipe.model, cfg, world)

@@ -57,14 +57,33 @@ def write_sample_competition(zip_path: Path, n_train: int, n_test: int, seed: in
     """
     train_labels = _sample_labels(n_train, seed)
     test_labels = _sample_labels(n_test, seed + 1)
-    zip_path = Path(zip_path)
-    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_STORED) as z:
-        z.writestr(TRAIN_ARCHIVE, _seven_zip("train", train_labels, np.random.default_rng([seed, 1])))
-        z.writestr(TEST_ARCHIVE, _seven_zip("test", test_labels, np.random.default_rng([seed, 2])))
-        z.writestr(TRAIN_LABELS, id_label_csv_text(np.arange(1, n_train + 1), train_labels))
-        all_cats = np.full(n_test, CLASSES.index("cat"))  # as Kaggle's own sampleSubmission.csv
-        z.writestr(SAMPLE_SUBMISSION, id_label_csv_text(np.arange(1, n_test + 1), all_cats))
+    train_images = draw_images(train_labels, np.random.default_rng([seed, 1]))
+    write_competition_zip(
+        zip_path, train_images, train_labels, draw_images(test_labels, np.random.default_rng([seed, 2]))
+    )
     return test_labels
+
+
+def draw_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`(n, 32, 32, 3)` uint8 images drawn by `draw_image`, one per class index in `labels`, in order."""
+    images = np.empty((len(labels), *IMAGE_SHAPE), dtype=np.uint8)
+    for i, label in enumerate(labels.tolist()):
+        images[i] = draw_image(label, rng)
+    return images
+
+
+def write_competition_zip(zip_path: Path, train_images: np.ndarray, train_labels: np.ndarray,
+                          test_images: np.ndarray) -> None:  # fmt: skip
+    """Write `cifar-10.zip` in Kaggle's layout from `(n, 32, 32, 3)` uint8 images; ids are 1..n in array order.
+
+    sampleSubmission.csv says `cat` for every test image, as Kaggle's does.
+    """
+    with zipfile.ZipFile(Path(zip_path), "w", compression=zipfile.ZIP_STORED) as z:
+        z.writestr(TRAIN_ARCHIVE, _seven_zip("train", train_images))
+        z.writestr(TEST_ARCHIVE, _seven_zip("test", test_images))
+        z.writestr(TRAIN_LABELS, id_label_csv_text(np.arange(1, len(train_images) + 1), train_labels))
+        all_cats = np.full(len(test_images), CLASSES.index("cat"))  # as Kaggle's own sampleSubmission.csv
+        z.writestr(SAMPLE_SUBMISSION, id_label_csv_text(np.arange(1, len(test_images) + 1), all_cats))
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -74,11 +93,11 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _seven_zip(split: str, labels: np.ndarray, rng: np.random.Generator) -> bytes:
+def _seven_zip(split: str, images: np.ndarray) -> bytes:
     buf = io.BytesIO()
     with py7zr.SevenZipFile(buf, "w") as archive:
-        for image_id, label in enumerate(labels.tolist(), start=1):
-            archive.writestr(encode_png(draw_image(label, rng)), f"{split}/{image_id}.png")
+        for image_id, image in enumerate(images, start=1):
+            archive.writestr(encode_png(image), f"{split}/{image_id}.png")
     return buf.getvalue()
 
 

@@ -195,7 +195,7 @@ def train_epoch(
         recipe.mixup.mixup_enabled = not (cfg.mixup_off_epoch and epoch >= cfg.mixup_off_epoch)
     amp = autocast_dtype(device)
     micro_batch = cfg.batch_size // cfg.accumulate
-    recipe.forward.train()
+    recipe.train_mode()
     loss_sum = torch.zeros((), device=device)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     n_seen = 0

@@ -107,7 +107,7 @@ def test_timm_names_with_and_without_tags_are_accepted(tmp_path):
         "{weights: w/model.pth}", "{weights: w/model.pt}", "{weights: w/model.bin}", "{weights: w/model.safetensors}",
         "{epochs: 1}", "{batch_size: 1}", "{image_size: 8}", "{layer_decay_floor: 1.0}", "{mixup_prob: 0.0}",
         "{mixup_prob: 1.0}", "{ema_decay: 0.0}", "{ema_decay: 0.999}", "{epochs: 2, head_epochs: 1}",
-        "{batch_size: 12, accumulate: 3}",
+        "{batch_size: 12, accumulate: 3}", "{freeze_blocks: 0}", "{freeze_blocks: 3}",
     ],
 )  # fmt: skip
 def test_boundary_and_weights_file_settings_are_accepted(tmp_path, train):
@@ -139,6 +139,7 @@ RANGES = "params.yaml:train for a: layer_decay_floor must be in (0, 1], mixup_pr
         ("{layer_decay_floor: 1.5}", RANGES),
         ("{mixup_prob: -0.1}", RANGES),
         ("{mixup_off_epoch: -1}", RANGES),
+        ("{freeze_blocks: -1}", "params.yaml:train for a: freeze_blocks must be 0 or more, got -1."),
     ],
 )
 def test_each_out_of_range_training_setting_is_rejected_alone(tmp_path, train, message):

@@ -1,8 +1,11 @@
-"""The recipe's GPU branches through their CPU twins: layer decay per backbone, SyncBatchNorm, DDP wrapping."""
+"""The recipe's GPU branches through their CPU twins (layer decay per backbone, SyncBatchNorm, DDP wrapping), and
+frozen lower blocks."""
 
+import dataclasses
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -10,7 +13,11 @@ import yaml
 
 from pipeline.config import TrainConfig
 from pipeline.distributed import World
-from pipeline.recipe import build_recipe, layer_decay_for, layer_groups, sync_batchnorm_if_needed
+from pipeline.errors import PipelineError
+from pipeline.folds import Split
+from pipeline.recipe import build_recipe, layer_decay_for, layer_groups, set_head_only, sync_batchnorm_if_needed
+from pipeline.training import train_epoch
+from tests.conftest import separable_images
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,3 +76,53 @@ def test_one_process_or_the_cpu_keeps_plain_batchnorm():
     model = timm.create_model("test_efficientnet", pretrained=False)
     assert sync_batchnorm_if_needed(model, World()) is model
     assert sync_batchnorm_if_needed(model, World(size=2, device=torch.device("cpu"))) is model
+
+
+def one_epoch(cfg: BackboneConfig, backbone: str = "test_resnet"):
+    """A recipe and its model's state before and after one epoch of `train_epoch` on a separable sample."""
+    images, labels = separable_images(96)
+    split = Split(images[:64], labels[:64], images[64:], labels[64:], np.arange(65, 97))
+    recipe = build_recipe(backbone, cfg, len(split.train_images), World())
+    before = {k: v.clone() for k, v in recipe.model.state_dict().items()}
+    train_epoch(recipe, split, cfg, World(), 0, (0.5,) * 3, (0.5,) * 3, name="t")
+    return recipe, before, recipe.model.state_dict()
+
+
+FROZEN_CFG = BackboneConfig(epochs=2, batch_size=32, lr=3.0e-3, image_size=32, weights="scratch", warmup_epochs=0)
+
+
+def test_frozen_blocks_keep_weights_and_batchnorm_statistics_while_the_rest_trains():
+    cfg = dataclasses.replace(FROZEN_CFG, freeze_blocks=2)  # test_resnet: stem conv1, layer1..4, fc
+    recipe, before, after = one_epoch(cfg)
+    assert {k.split(".")[0] for k in recipe.frozen_names} == {"conv1", "bn1", "layer1", "layer2"}
+    frozen = [k for k in before if k.startswith(("conv1.", "bn1.", "layer1.", "layer2."))]
+    assert any("running_mean" in k for k in frozen) and any(k.endswith("conv1.weight") for k in frozen)
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    for key in ("layer3.0.conv1.weight", "layer4.0.conv1.weight", "fc.weight", "layer3.0.bn1.running_mean"):
+        assert not torch.equal(before[key], after[key]), key
+    optimised = {id(p) for group in recipe.optimizer.param_groups for p in group["params"]}
+    assert all((id(p) in optimised) == (name not in recipe.frozen_names) for name, p in recipe.model.named_parameters())
+
+
+def test_no_frozen_blocks_by_default_every_weight_and_statistic_trains():
+    assert BackboneConfig().freeze_blocks == 0
+    recipe, before, after = one_epoch(FROZEN_CFG)
+    assert recipe.frozen_names == frozenset() and recipe.frozen_modules == ()
+    assert all(p.requires_grad for p in recipe.model.parameters())
+    assert not torch.equal(before["conv1.0.weight"], after["conv1.0.weight"])
+    assert not torch.equal(before["bn1.running_mean"], after["bn1.running_mean"])
+
+
+def test_blocks_frozen_all_along_stay_frozen_after_head_only_epochs():
+    cfg = dataclasses.replace(FROZEN_CFG, freeze_blocks=1, head_epochs=1)
+    recipe, _, _ = one_epoch(cfg)  # epoch 0: head only
+    set_head_only(recipe, False, cfg, World())  # what epoch 1 does
+    trainable = {name for name, p in recipe.model.named_parameters() if p.requires_grad}
+    assert trainable == {name for name, _ in recipe.model.named_parameters()} - recipe.frozen_names
+    assert "layer2.0.conv1.weight" in trainable and "layer1.0.conv1.weight" not in trainable
+
+
+def test_freezing_more_blocks_than_the_model_has_says_how_many_it_has():
+    with pytest.raises(PipelineError, match=r"freeze_blocks is 5, but .* has 4 blocks after its stem"):
+        build_recipe("test_resnet", dataclasses.replace(FROZEN_CFG, freeze_blocks=5), 64, World())
+    build_recipe("test_resnet", dataclasses.replace(FROZEN_CFG, freeze_blocks=4), 64, World())  # only the head trains
