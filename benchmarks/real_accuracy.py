@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,24 +28,29 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from host import describe_host
+import yaml
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
 from pipeline.batches import to_model_input
 from pipeline.competition import CLASSES, ZIP_NAME, read_id_label_csv
+from pipeline.host import describe_host
 from pipeline.models import create_backbone, normalisation
 from pipeline.sample import draw_images, write_competition_zip
 from pipeline.scores import load_scores
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests.repo_copy: the committed copy the end-to-end tests use too
+from tests.repo_copy import ENV, committed_copy  # noqa: E402
+
 DEFAULT_NPZ = REPO.parent / "shared" / "real_cifar" / "cifar10_train_4660.npz"
 
 # The recipe under test: `dvc exp run -S` settings, in the one place they are written (data.* is added by
 # `run_pipeline`). Per-backbone settings follow params.yaml's schema; adapt them here when it changes.
 PIPELINE_SETTINGS = [
     "cv.folds=[0,1,2]",
-    "backbones=[tf_efficientnet_lite0,tf_efficientnet_lite1]",
+    "~backbones",
+    "+backbones={lite0: {model: tf_efficientnet_lite0}, lite1: {model: tf_efficientnet_lite1}}",
     "train.epochs=4",
     "train.batch_size=64",
     "train.lr=2.0e-3",
@@ -125,18 +128,8 @@ def run_pipeline(zip_path: Path, workdir: Path, settings: list[str]) -> tuple[Pa
 
     Returns the copy and wall seconds per stage (from the moment dvc announces a stage to the next one).
     """
-    repo = workdir / "repo"
-    listing = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                             capture_output=True, text=True, check=True)  # fmt: skip
-    for name in listing.stdout.splitlines():
-        if (REPO / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, repo / name)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": str(repo), "DVC_NO_ANALYTICS": "1"}  # fmt: skip
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "benchmark copy"]):  # fmt: skip
-        subprocess.run(cmd, cwd=repo, env=env, check=True)
+    repo = committed_copy(workdir / "repo", yaml.safe_load((REPO / "params.yaml").read_text()))
+    env = {**ENV, "PYTHONPATH": str(repo)}
     all_settings = ["data.source=local", f"data.path={zip_path}", *settings]
     cmd = ["dvc", "exp", "run", *[arg for s in all_settings for arg in ("-S", s)]]
     print("$", " ".join(cmd), flush=True)

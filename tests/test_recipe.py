@@ -78,7 +78,7 @@ def test_one_process_or_the_cpu_keeps_plain_batchnorm():
     assert sync_batchnorm_if_needed(model, World(size=2, device=torch.device("cpu"))) is model
 
 
-def one_epoch(cfg: BackboneConfig, backbone: str = "test_resnet"):
+def one_epoch(cfg: TrainConfig, backbone: str = "test_resnet"):
     """A recipe and its model's state before and after one epoch of `train_epoch` on a separable sample."""
     images, labels = separable_images(96)
     split = Split(images[:64], labels[:64], images[64:], labels[64:], np.arange(65, 97))
@@ -88,7 +88,7 @@ def one_epoch(cfg: BackboneConfig, backbone: str = "test_resnet"):
     return recipe, before, recipe.model.state_dict()
 
 
-FROZEN_CFG = BackboneConfig(epochs=2, batch_size=32, lr=3.0e-3, image_size=32, weights="scratch", warmup_epochs=0)
+FROZEN_CFG = TrainConfig(epochs=2, batch_size=32, lr=3.0e-3, image_size=32, weights="scratch", warmup_epochs=0)
 
 
 def test_frozen_blocks_keep_weights_and_batchnorm_statistics_while_the_rest_trains():
@@ -105,7 +105,7 @@ def test_frozen_blocks_keep_weights_and_batchnorm_statistics_while_the_rest_trai
 
 
 def test_no_frozen_blocks_by_default_every_weight_and_statistic_trains():
-    assert BackboneConfig().freeze_blocks == 0
+    assert TrainConfig().freeze_blocks == 0
     recipe, before, after = one_epoch(FROZEN_CFG)
     assert recipe.frozen_names == frozenset() and recipe.frozen_modules == ()
     assert all(p.requires_grad for p in recipe.model.parameters())
