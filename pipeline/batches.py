@@ -32,9 +32,8 @@ def pick_device() -> torch.device:
 @functools.cache
 def _warn_no_gpu(torch_version: str, cuda_version: str) -> None:
     log.warning(
-        "torch %s is built for CUDA %s but finds no usable GPU, so this runs on the CPU (far slower). If this"
-        " machine has one, check `nvidia-smi`: a driver older than CUDA %s needs a torch wheel built for an older"
-        " CUDA (https://pytorch.org/get-started/locally/).",
+        "torch %s is built for CUDA %s but finds no usable GPU, so this runs on the CPU. On a GPU machine, check"
+        " `nvidia-smi`: a driver older than CUDA %s needs a torch built for an older CUDA (pytorch.org/get-started).",
         torch_version, cuda_version, cuda_version,
     )  # fmt: skip
 
