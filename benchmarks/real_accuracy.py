@@ -141,8 +141,9 @@ def run_pipeline(zip_path: Path, workdir: Path, settings: list[str]) -> tuple[Pa
     return repo, seconds
 
 
-def pipeline_results(repo: Path, data: dict) -> dict:
-    """Per-backbone OOF and held-out accuracy, the ensemble's OOF, nested-CV and held-out accuracy."""
+def pipeline_results(repo: Path, data: dict) -> tuple[dict, dict]:
+    """Per-backbone OOF and held-out accuracy, the ensemble's OOF, nested-CV and held-out accuracy; and every
+    ensemble method's OOF and nested-CV accuracy."""
     metrics = json.loads((repo / "artifacts/metrics/ensemble.json").read_text())
     ids, labels = data["heldout_test_ids"], data["heldout_labels"]
     rows = {}
@@ -159,7 +160,7 @@ def pipeline_results(repo: Path, data: dict) -> dict:
         "oof": chosen["accuracy"], "nested_cv": chosen["nested_cv_accuracy"],
         "heldout": float(np.mean([label_of_id[int(i)] == y for i, y in zip(ids, labels, strict=True)])),
     }  # fmt: skip
-    return rows
+    return rows, metrics["methods"]
 
 
 def main() -> None:
@@ -197,7 +198,7 @@ def main() -> None:
             start = time.perf_counter()
             repo, stage_seconds = run_pipeline(zip_path, workdir, settings)
             pipeline_s = time.perf_counter() - start
-            results = pipeline_results(repo, data)
+            results, methods = pipeline_results(repo, data)
 
     print(f"\n{describe_host()}")
     print(f"{len(data['train_labels'])} train images, {heldout} scored held-out test images (+{junk} junk)")
@@ -206,10 +207,14 @@ def main() -> None:
         print(f"{row['probe']:<46} {row['heldout_accuracy']:8.4f} {row['total_s']:7.0f}")
     if args.no_pipeline:
         return
-    print(f"\npipeline: {' '.join(settings)}")
+    print(f"\npipeline: make demo DATA=<zip>'s settings {' '.join(settings)}")
     print(f"{'model':<46} {'OOF':>8} {'nestedCV':>8} {'held-out':>8}")
     for name, row in results.items():
         print(f"{name:<46} {row['oof']:8.4f} {row['nested_cv']:8.4f} {row['heldout']:8.4f}")
+    print(
+        "ensemble methods, OOF / nested-CV accuracy: "
+        + ", ".join(f"{name} {m['accuracy']:.4f} / {m['nested_cv_accuracy']:.4f}" for name, m in methods.items())
+    )
     print(f"\n{'stage':<46} {'wall s':>8}")
     for stage, seconds in stage_seconds.items():
         print(f"{stage:<46} {seconds:8.0f}")
