@@ -4,9 +4,11 @@ bare      a ready (B, 3, S, S) channels_last float batch through model -> loss -
 ours      `training.train_epoch`: uint8 batches from the packed array, crop/flip + upscale + normalise on the
           device, label-smoothed loss, scheduler step (the same model, size, batch, dtype and optimizer)
 ours+     the same with mixup/cutmix and EMA on
+frozen    `ours` with the stem and the first N blocks frozen (--freeze-blocks N, as the demo's train.freeze_blocks)
 
   python benchmarks/train_throughput.py                       # tf_efficientnet_lite0, 64 px, batch 64
   python benchmarks/train_throughput.py --model resnet18 --size 96 --batch 64 --updates 20
+  python benchmarks/train_throughput.py --size 48 --freeze-blocks 2             # the demo's lite0 setting
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def bare(model_name: str, size: int, batch: int, updates: int, device: torch.dev
     return updates * batch / (time.perf_counter() - start)
 
 
-def ours(model_name: str, size: int, batch: int, updates: int, extras: bool) -> float:
+def ours(model_name: str, size: int, batch: int, updates: int, extras: bool, freeze_blocks: int = 0) -> float:
     world = join_world()
     rng = np.random.default_rng(0)
     n = batch * (updates + 1)
@@ -57,7 +59,7 @@ def ours(model_name: str, size: int, batch: int, updates: int, extras: bool) -> 
     split = Split(images, labels, images[:1], labels[:1], np.array([1]))
     cfg = TrainConfig(epochs=1, batch_size=batch, lr=1e-3, image_size=size, weights="scratch", warmup_epochs=0,
                          mixup=0.8 if extras else 0.0, cutmix=1.0 if extras else 0.0,
-                         ema_decay=0.999 if extras else 0.0)  # fmt: skip
+                         ema_decay=0.999 if extras else 0.0, freeze_blocks=freeze_blocks)  # fmt: skip
     recipe = build_recipe(model_name, cfg, n, world)
     mean, std = normalisation(recipe.model)
     train_epoch(recipe, split, cfg, world, 0, mean, std, name="warm-up", max_updates=1)
@@ -73,20 +75,24 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--updates", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=3, help="alternate the runs; report medians")
+    parser.add_argument("--freeze-blocks", type=int, default=0, help="> 0: also time train_epoch with them frozen")
     args = parser.parse_args()
 
     device = join_world().device
-    runs = {"bare": [], "ours": [], "ours+": []}
+    runs = {"bare": [], "ours": [], "ours+": []} | ({"frozen": []} if args.freeze_blocks else {})
     for _ in range(args.repeats):  # interleaved, so drifting machine load hits all three alike
         runs["bare"].append(bare(args.model, args.size, args.batch, args.updates, device))
         runs["ours"].append(ours(args.model, args.size, args.batch, args.updates, extras=False))
         runs["ours+"].append(ours(args.model, args.size, args.batch, args.updates, extras=True))
+        if args.freeze_blocks:
+            runs["frozen"].append(ours(args.model, args.size, args.batch, args.updates, False, args.freeze_blocks))
     base = float(np.median(runs["bare"]))
     print(f"\n{describe_host()}")
     print(f"\n{args.model} @ {args.size}px, batch {args.batch}, fp32, channels_last, {device}, "
           f"{torch.get_num_threads()} threads; median of {args.repeats} x {args.updates} updates")  # fmt: skip
     print(f"{'loop':<40} {'img/s':>8} {'x bare':>7}")
-    labels = {"bare": "bare fwd+bwd+AdamW", "ours": "train_epoch", "ours+": "train_epoch + mixup/cutmix + EMA"}
+    labels = {"bare": "bare fwd+bwd+AdamW", "ours": "train_epoch", "ours+": "train_epoch + mixup/cutmix + EMA",
+              "frozen": f"train_epoch, stem + {args.freeze_blocks} blocks frozen"}  # fmt: skip
     for key, values in runs.items():
         print(f"{labels[key]:<40} {np.median(values):8.1f} {np.median(values) / base:7.2f}")
 
