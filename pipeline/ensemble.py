@@ -31,12 +31,14 @@ STACKING = "stacking"
 _CARUANA_ROUNDS = 50
 
 
+def calibrated(logits: np.ndarray, temperatures: np.ndarray | None) -> np.ndarray:
+    """`(n_backbones, n, c)` logits, each backbone's divided by its temperature (unchanged without temperatures)."""
+    return logits if temperatures is None else logits / temperatures[:, None, None]
+
+
 def softmax_average(logits: np.ndarray, weights: np.ndarray, temperatures: np.ndarray | None = None) -> np.ndarray:
     """Weighted mean of per-backbone softmax probabilities: `(n_backbones, n, c)` logits -> `(n, c)` probs."""
-    scaled = logits.astype(np.float64)
-    if temperatures is not None:
-        scaled = scaled / temperatures[:, None, None]
-    return np.tensordot(weights, softmax(scaled, axis=2), axes=1)
+    return np.tensordot(weights, softmax(calibrated(logits.astype(np.float64), temperatures), axis=2), axes=1)
 
 
 def fit_weights(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -100,8 +102,7 @@ def method_weights(method: str, logits: np.ndarray, labels: np.ndarray) -> np.nd
 def choose_weights(method: str, logits: np.ndarray, labels: np.ndarray, temperature: bool = False):
     """(weights, temperatures or None) of averaging `method`, fitted on `logits` `(n_backbones, n, c)`, `labels`."""
     temperatures = fit_temperatures(logits, labels) if temperature else None
-    scaled = logits / temperatures[:, None, None] if temperature else logits
-    return method_weights(method, scaled, labels), temperatures
+    return method_weights(method, calibrated(logits, temperatures), labels), temperatures
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,7 @@ class Combination:
     def predict(self, logits: np.ndarray) -> np.ndarray:
         if self.stacker is None:
             return softmax_average(logits, self.weights, self.temperatures)
-        scaled = logits if self.temperatures is None else logits / self.temperatures[:, None, None]
-        return self.stacker.predict_probs(scaled)
+        return self.stacker.predict_probs(calibrated(logits, self.temperatures))
 
 
 def fit_combination(method: str, logits: np.ndarray, labels: np.ndarray, temperature: bool = False) -> Combination:
@@ -124,7 +124,7 @@ def fit_combination(method: str, logits: np.ndarray, labels: np.ndarray, tempera
     if method != STACKING:
         return Combination(*choose_weights(method, logits, labels, temperature))
     temperatures = fit_temperatures(logits, labels) if temperature else None
-    stacker = fit_stacker(logits if temperatures is None else logits / temperatures[:, None, None], labels)
+    stacker = fit_stacker(calibrated(logits, temperatures), labels)
     return Combination(stacker.backbone_shares(), temperatures, stacker)
 
 

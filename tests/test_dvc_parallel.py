@@ -39,8 +39,7 @@ def md5(path: Path) -> str:
 @pytest.mark.e2e
 def test_two_workers_train_two_folds_at_once_and_dvc_lock_records_both(tmp_path):
     repo = committed_copy(tmp_path / "repo", PARAMS)
-    output = sh(repo, "python", "-m", "stages.train_parallel", "--devices", "0,1")
-    assert "2 of 2 train stages" not in output  # none failed
+    sh(repo, "python", "-m", "stages.train_parallel", "--devices", "0,1")  # exit 0: no stage failed
     # both folds were training at the same time: each one's epochs ended while the other's were under way
     fold0, fold1 = epoch_times(repo, 0), epoch_times(repo, 1)
     assert len(fold0) == len(fold1) == 3
