@@ -87,7 +87,8 @@ def main() -> None:
     tiny_cfg = TrainConfig(epochs=1, batch_size=16, lr=3.0e-3, warmup_epochs=0, image_size=32, weights="scratch")
     # the real recipe, one short fold
     runs = [(model, tiny_cfg) for model in TINY_BACKBONES] if tiny else [
-        (bb.model, TrainConfig(**{**bb.train.__dict__, "epochs": 1, "warmup_epochs": 0, "mixup_off_epoch": 0}))
+        (bb.model, TrainConfig(**{**bb.train.__dict__, "epochs": 1, "warmup_epochs": 0, "mixup_off_epoch": 0,
+                                   "cached_features": False}))  # the whole model: what a GPU run costs
         for bb in params.backbones.values()
     ]  # fmt: skip
     updates = args.updates or (40 if tiny else 200)

@@ -46,7 +46,7 @@ from tests.repo_copy import ENV, committed_copy  # noqa: E402
 
 DEFAULT_NPZ = REPO.parent / "shared" / "real_cifar" / "cifar10_train_4660.npz"
 
-QUICK_SETTINGS = ["train.epochs=1", "train.image_size=32", "train.freeze_blocks=0"]  # after the demo's: they win
+QUICK_SETTINGS = ["train.epochs=1", "train.image_size=32"]  # after the demo's: they win
 
 
 def demo_settings(zip_path: Path) -> list[str]:
@@ -169,7 +169,7 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=900, help="real images held out as scored test images")
     parser.add_argument("--junk", type=int, default=900, help="junk test images among them (predict time grows)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--probes", default="tf_efficientnet_lite0@96,tf_efficientnet_lite0@128",
+    parser.add_argument("--probes", default="tf_efficientnet_lite1@128,tf_efficientnet_lite2@128",
                         help="comma-separated <efficientnet-lite>@<px>; empty: none")  # fmt: skip
     parser.add_argument("--probe-c", type=float, default=0.1, help="LogisticRegression's inverse regularisation")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra -S, after the recipe's")

@@ -5,10 +5,13 @@ ours      `training.train_epoch`: uint8 batches from the packed array, crop/flip
           device, label-smoothed loss, scheduler step (the same model, size, batch, dtype and optimizer)
 ours+     the same with mixup/cutmix and EMA on
 frozen    `ours` with the stem and the first N blocks frozen (--freeze-blocks N, as the demo's train.freeze_blocks)
+cached    `frozen` on cached outputs of those blocks (--cached-features, as train.cached_features): the upper
+          blocks only; the frozen pass is paid once per image by stage features@<name>, not per update
 
   python benchmarks/train_throughput.py                       # tf_efficientnet_lite0, 64 px, batch 64
   python benchmarks/train_throughput.py --model resnet18 --size 96 --batch 64 --updates 20
   python benchmarks/train_throughput.py --size 48 --freeze-blocks 2             # the demo's lite0 setting
+  python benchmarks/train_throughput.py --model tf_efficientnet_lite2 --size 128 --freeze-blocks 6 --cached-features
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from timm.optim import create_optimizer_v2
 
 from pipeline.config import TrainConfig
 from pipeline.distributed import join_world
+from pipeline.features import VIEWS, lower_part
 from pipeline.folds import Split
 from pipeline.host import describe_host
 from pipeline.models import normalisation
@@ -50,17 +54,25 @@ def bare(model_name: str, size: int, batch: int, updates: int, device: torch.dev
     return updates * batch / (time.perf_counter() - start)
 
 
-def ours(model_name: str, size: int, batch: int, updates: int, extras: bool, freeze_blocks: int = 0) -> float:
+def ours(model_name: str, size: int, batch: int, updates: int, extras: bool, freeze_blocks: int = 0,
+         cached: bool = False) -> float:  # fmt: skip
     world = join_world()
     rng = np.random.default_rng(0)
     n = batch * (updates + 1)
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, n)
-    split = Split(images, labels, images[:1], labels[:1], np.array([1]))
     cfg = TrainConfig(epochs=1, batch_size=batch, lr=1e-3, image_size=size, weights="scratch", warmup_epochs=0,
                          mixup=0.8 if extras else 0.0, cutmix=1.0 if extras else 0.0,
-                         ema_decay=0.999 if extras else 0.0, freeze_blocks=freeze_blocks)  # fmt: skip
+                         ema_decay=0.999 if extras else 0.0, freeze_blocks=freeze_blocks,
+                         cached_features=cached)  # fmt: skip
     recipe = build_recipe(model_name, cfg, n, world)
+    features = None
+    if cached:  # what features@<name> would cache: random values of the frozen blocks' output shape
+        with torch.no_grad():
+            shape = lower_part(recipe.model, freeze_blocks)(torch.zeros(1, 3, size, size, device=world.device)).shape
+        features = rng.normal(size=(n, VIEWS, *shape[1:])).astype(np.float16)
+    split = Split(images, labels, images[:1], labels[:1], np.array([1]), features, None if features is None else
+                  features[:1])  # fmt: skip
     mean, std = normalisation(recipe.model)
     train_epoch(recipe, split, cfg, world, 0, mean, std, name="warm-up", max_updates=1)
     start = time.perf_counter()
@@ -76,23 +88,31 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=3, help="alternate the runs; report medians")
     parser.add_argument("--freeze-blocks", type=int, default=0, help="> 0: also time train_epoch with them frozen")
+    parser.add_argument("--cached-features", action="store_true", help="and on their cached outputs")
     args = parser.parse_args()
 
     device = join_world().device
+    if args.cached_features and not args.freeze_blocks:
+        parser.error("--cached-features needs --freeze-blocks N")
     runs = {"bare": [], "ours": [], "ours+": []} | ({"frozen": []} if args.freeze_blocks else {})
+    runs |= {"cached": []} if args.cached_features else {}
     for _ in range(args.repeats):  # interleaved, so drifting machine load hits all three alike
         runs["bare"].append(bare(args.model, args.size, args.batch, args.updates, device))
         runs["ours"].append(ours(args.model, args.size, args.batch, args.updates, extras=False))
         runs["ours+"].append(ours(args.model, args.size, args.batch, args.updates, extras=True))
         if args.freeze_blocks:
             runs["frozen"].append(ours(args.model, args.size, args.batch, args.updates, False, args.freeze_blocks))
+        if args.cached_features:
+            runs["cached"].append(ours(args.model, args.size, args.batch, args.updates, False, args.freeze_blocks,
+                                       cached=True))  # fmt: skip
     base = float(np.median(runs["bare"]))
     print(f"\n{describe_host()}")
     print(f"\n{args.model} @ {args.size}px, batch {args.batch}, fp32, channels_last, {device}, "
           f"{torch.get_num_threads()} threads; median of {args.repeats} x {args.updates} updates")  # fmt: skip
     print(f"{'loop':<40} {'img/s':>8} {'x bare':>7}")
     labels = {"bare": "bare fwd+bwd+AdamW", "ours": "train_epoch", "ours+": "train_epoch + mixup/cutmix + EMA",
-              "frozen": f"train_epoch, stem + {args.freeze_blocks} blocks frozen"}  # fmt: skip
+              "frozen": f"train_epoch, stem + {args.freeze_blocks} blocks frozen",
+              "cached": "train_epoch on their cached outputs"}  # fmt: skip
     for key, values in runs.items():
         print(f"{labels[key]:<40} {np.median(values):8.1f} {np.median(values) / base:7.2f}")
 

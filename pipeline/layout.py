@@ -15,5 +15,5 @@ def fold_file(folder: Path, backbone: str, fold: int, suffix: str) -> Path:
 
 
 def backbone_file(folder: Path, backbone: str, suffix: str) -> Path:
-    """`<folder>/<backbone><suffix>`: a predict stage's test logits."""
+    """`<folder>/<backbone><suffix>`: a predict stage's test logits; `suffix=""`: a features stage's folder."""
     return Path(folder) / f"{backbone}{suffix}"

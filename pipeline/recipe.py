@@ -11,6 +11,7 @@ touches a shallow one's.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import timm.layers
@@ -28,6 +29,7 @@ from pipeline.batches import autocast_dtype
 from pipeline.config import TrainConfig
 from pipeline.distributed import World
 from pipeline.errors import PipelineError
+from pipeline.features import UpperPart
 from pipeline.models import create_backbone
 
 
@@ -63,7 +65,11 @@ class Recipe:
         return state
 
 
-def build_recipe(backbone: str, cfg: TrainConfig, n_train: int, world: World) -> Recipe:
+def build_recipe(
+    backbone: str, cfg: TrainConfig, n_train: int, world: World, init_head: Callable[[nn.Module], None] | None = None
+) -> Recipe:
+    """The recipe's objects for `n_train` images; `init_head(model)`, if given, sets the new head first (before
+    the optimizer, the EMA copy and DDP, whose start-up broadcast then hands rank 0's head to every process)."""
     torch.manual_seed(cfg.seed)  # the new head's initialisation, identical on every rank
     if world.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one input size all fold long: let cuDNN pick its fastest kernels
@@ -71,6 +77,8 @@ def build_recipe(backbone: str, cfg: TrainConfig, n_train: int, world: World) ->
     model.to(world.device).to(memory_format=torch.channels_last)
     model = sync_batchnorm_if_needed(model, world)
     frozen_names, frozen_modules = freeze_lower_blocks(model, cfg.freeze_blocks)  # before the optimizer sees them
+    if init_head is not None:
+        init_head(model)
     updates_per_epoch = math.ceil(n_train / cfg.batch_size)
     fused = {"fused": True} if world.device.type == "cuda" and cfg.optimizer.lower() in ("adam", "adamw") else {}
     optimizer = create_optimizer_v2(
@@ -88,7 +96,8 @@ def build_recipe(backbone: str, cfg: TrainConfig, n_train: int, world: World) ->
     if cfg.mixup > 0 or cfg.cutmix > 0:
         mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
                       label_smoothing=cfg.label_smoothing, num_classes=model.num_classes)  # fmt: skip
-    return Recipe(model, wrap_for_world(model, cfg, world), optimizer, scheduler, scaler, ema, mixup, updates_per_epoch,
+    forward = wrap_for_world(batch_entry(model, cfg), cfg, world)
+    return Recipe(model, forward, optimizer, scheduler, scaler, ema, mixup, updates_per_epoch,
                   frozen_names=frozen_names, frozen_modules=frozen_modules)  # fmt: skip
 
 
@@ -152,6 +161,12 @@ def layer_decay_for(model: nn.Module, floor: float) -> float | None:
     return floor ** (1 / (groups - 1))
 
 
+def batch_entry(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """Where a training batch enters `model`: its input, or with `cached_features` the blocks above the frozen
+    ones (the batch is then their cached outputs)."""
+    return UpperPart(model, cfg.freeze_blocks) if cfg.cached_features else model
+
+
 def wrap_for_world(model: nn.Module, cfg: TrainConfig, world: World) -> nn.Module:
     """What a batch goes through: DDP over the processes (registering only the parameters that require
     gradients now: re-wrap when that changes), then `torch.compile`, so that it sees DDP's buckets."""
@@ -173,4 +188,4 @@ def set_head_only(recipe: Recipe, head_only: bool, cfg: TrainConfig, world: Worl
         param.requires_grad_((not head_only or param_name.startswith(head)) and param_name not in recipe.frozen_names)
     recipe.head_only = head_only
     if world.size > 1:
-        recipe.forward = wrap_for_world(recipe.model, cfg, world)
+        recipe.forward = wrap_for_world(batch_entry(recipe.model, cfg), cfg, world)

@@ -35,8 +35,10 @@ from pipeline.batches import autocast_dtype, random_crop_flip, to_device, to_mod
 from pipeline.config import TrainConfig, TtaConfig
 from pipeline.distributed import World
 from pipeline.errors import PipelineError
+from pipeline.features import UpperPart
 from pipeline.folds import Split
-from pipeline.inference import predict_logits
+from pipeline.head_init import init_head_from_probe
+from pipeline.inference import predict_feature_logits, predict_logits
 from pipeline.metrics import logits_metrics
 from pipeline.models import normalisation, save_checkpoint
 from pipeline.recipe import Recipe, build_recipe, set_head_only
@@ -91,7 +93,17 @@ def train_one_fold(
     hands each epoch's history row to `on_epoch`, the resumed epochs' rows first.
     """
     tta = tta or TtaConfig()
-    recipe = build_recipe(backbone, cfg, len(split.train_images), world)
+    if cfg.cached_features != (split.train_features is not None):
+        raise PipelineError(f"{name}: train.cached_features is {cfg.cached_features}, but the split holds"
+                            f" {'no ' if split.train_features is None else ''}cached features.")  # fmt: skip
+
+    def init_head(model: nn.Module) -> None:
+        accuracy = init_head_from_probe(model, split, cfg, world.device)
+        if world.is_main:
+            log.info("%s: the head starts as a linear probe (%.4f accuracy on the training images)", name, accuracy)
+
+    head = init_head if cfg.head_init == "probe" else None
+    recipe = build_recipe(backbone, cfg, len(split.train_images), world, head)
     mean, std = normalisation(recipe.model)
     # everything that decides the weights: a resume file made with another split has seen these valid images
     fingerprint = {"backbone": backbone, "split": split.digest(), "world": world.size, "tta": dataclasses.asdict(tta),
@@ -106,7 +118,7 @@ def train_one_fold(
             start_epoch, history = int(snapshot["epochs_done"]), list(snapshot["history"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:  # a half-loaded state is rebuilt
             log.warning("%s: resume file %s does not fit (%s); starting from epoch 1", name, resume_path, exc)
-            recipe = build_recipe(backbone, cfg, len(split.train_images), world)
+            recipe = build_recipe(backbone, cfg, len(split.train_images), world, head)
     on_epoch = on_epoch if world.is_main and on_epoch is not None else lambda row: None
     for row in history:
         on_epoch(row)
@@ -120,10 +132,17 @@ def train_one_fold(
         )  # fmt: skip
 
     def evaluate(model: nn.Module, epochs_done: int) -> np.ndarray:
-        logits = predict_logits(
-            model, split.valid_images, image_size=cfg.image_size, mean=mean, std=std, batch_size=cfg.batch_size * 2,
-            device=world.device, hflip=tta.hflip, shift=tta.shift, desc=f"{name} valid",
-        )  # fmt: skip
+        if cfg.cached_features:
+            logits = predict_feature_logits(
+                UpperPart(model, cfg.freeze_blocks), split.valid_features, batch_size=cfg.batch_size * 2,
+                device=world.device, hflip=tta.hflip, desc=f"{name} valid",
+            )  # fmt: skip
+        else:
+            logits = predict_logits(
+                model, split.valid_images, image_size=cfg.image_size, mean=mean, std=std,
+                batch_size=cfg.batch_size * 2, device=world.device, hflip=tta.hflip, shift=tta.shift,
+                desc=f"{name} valid",
+            )  # fmt: skip
         if not np.isfinite(logits).all():
             raise PipelineError(
                 f"{name} epoch {epochs_done}: the logits of the held-out images are not finite; lower"
@@ -189,7 +208,9 @@ def train_epoch(
     np.random.seed(cfg.seed * 1000 + epoch)  # timm's Mixup draws from numpy's global generator
     augment_rng = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + epoch)
     order = to_device(np.random.default_rng([cfg.seed, epoch]).permutation(len(split.train_images)), device)
-    images_all, labels_all = to_device(split.train_images, device), to_device(split.train_labels, device)
+    # uint8 images, or with cached_features the frozen blocks' outputs for each image and its mirror (float16)
+    inputs_all = to_device(split.train_features if cfg.cached_features else split.train_images, device)
+    labels_all = to_device(split.train_labels, device)
     set_head_only(recipe, epoch < cfg.head_epochs, cfg, world)
     if recipe.mixup is not None:  # timm's mixup_off_epoch: the last epochs see real images only
         recipe.mixup.mixup_enabled = not (cfg.mixup_off_epoch and epoch >= cfg.mixup_off_epoch)
@@ -204,15 +225,19 @@ def train_epoch(
                disable=not world.is_main)  # fmt: skip
     for update in bar:
         batch_idx = order[update * cfg.batch_size : (update + 1) * cfg.batch_size]
-        # every rank augments the whole global batch (cheap, uint8) so the result does not depend on sharding
-        images = random_crop_flip(images_all[batch_idx], cfg.crop_padding, augment_rng)
+        # every rank augments the whole global batch (cheap) so the result does not depend on sharding
+        inputs = augment(inputs_all[batch_idx], cfg, augment_rng)
         labels = labels_all[batch_idx]
         recipe.optimizer.zero_grad(set_to_none=True)
         starts = range(0, len(batch_idx), micro_batch)
         for start in starts:
             micro = slice(start, start + micro_batch)
-            shard = world.shard(len(images[micro]))
-            x = to_model_input(images[micro][shard], cfg.image_size, mean, std)
+            shard = world.shard(len(inputs[micro]))
+            x = inputs[micro][shard]
+            if cfg.cached_features:
+                x = x.float().contiguous(memory_format=torch.channels_last)
+            else:
+                x = to_model_input(x, cfg.image_size, mean, std)
             y = labels[micro][shard]
             mixed = recipe.mixup is not None and len(y) % 2 == 0  # timm's Mixup pairs images: even batches only
             if mixed:
@@ -243,6 +268,15 @@ def train_epoch(
             mean_loss = _read_loss(loss_sum, nonfinite, n_seen, f"{name} epoch {epoch + 1}")
             bar.set_postfix(loss=f"{mean_loss:.3f}")
     return mean_loss  # this process's share: under DDP, an estimate of the global mean
+
+
+def augment(batch: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """A random crop and flip per image; with cached features (n, 2, C, H, W), the image or its mirror per image
+    (a crop changes every feature, so cached training has the flip only)."""
+    if not cfg.cached_features:
+        return random_crop_flip(batch, cfg.crop_padding, generator)
+    mirror = torch.rand(len(batch), generator=generator, device=batch.device) < 0.5
+    return batch[torch.arange(len(batch), device=batch.device), mirror.long()]
 
 
 def _read_loss(loss_sum: torch.Tensor, nonfinite: torch.Tensor, n_seen: int, where: str) -> float:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import cli, config, dataset, distributed, fold_log, folds, layout, models, training
+from pipeline import cli, config, dataset, distributed, features, fold_log, folds, layout, models, training
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fold", type=int, required=True)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--folds", type=Path, required=True)
+    parser.add_argument("--features", type=Path, required=True, help="reads <features>/<backbone>/ if cached")
     parser.add_argument("--models", type=Path, required=True, help="writes <models>/<backbone>/fold<k>.safetensors")
     parser.add_argument("--oof", type=Path, required=True, help="writes <oof>/<backbone>/fold<k>.npz")
     parser.add_argument("--live", type=Path, required=True, help="DVCLive folder <live>/<backbone>/fold<k>/")
@@ -35,7 +36,13 @@ def main(argv: list[str] | None = None) -> None:
     cfg = backbone.train
     data = dataset.load_dataset(args.data)
     fold_of_image = folds.read_folds(args.folds, data.train_labels, params.cv.n_folds)
-    split = folds.split_fold(data.train_images, data.train_labels, fold_of_image, args.fold)
+    cached = None
+    if cfg.cached_features:  # made by features@<backbone> from these images, settings and frozen weights
+        cached = features.load_backbone_features(
+            layout.backbone_file(args.features, args.backbone, ""), backbone.model, cfg, data.train_images,
+            data.test_images, pretrained_frozen=True,
+        ).train  # fmt: skip
+    split = folds.split_fold(data.train_images, data.train_labels, fold_of_image, args.fold, cached)
     model_path = layout.fold_file(args.models, args.backbone, args.fold, ".safetensors")
     world = distributed.join_world()  # one process, or one of torchrun's
     try:

@@ -107,7 +107,8 @@ def test_timm_names_with_and_without_tags_are_accepted(tmp_path):
         "{weights: w/model.pth}", "{weights: w/model.pt}", "{weights: w/model.bin}", "{weights: w/model.safetensors}",
         "{epochs: 1}", "{batch_size: 1}", "{image_size: 8}", "{layer_decay_floor: 1.0}", "{mixup_prob: 0.0}",
         "{mixup_prob: 1.0}", "{ema_decay: 0.0}", "{ema_decay: 0.999}", "{epochs: 2, head_epochs: 1}",
-        "{batch_size: 12, accumulate: 3}", "{freeze_blocks: 0}", "{freeze_blocks: 3}",
+        "{batch_size: 12, accumulate: 3}", "{freeze_blocks: 0}", "{freeze_blocks: 3}", "{head_init: probe}",
+        "{freeze_blocks: 1, cached_features: true}",
     ],
 )  # fmt: skip
 def test_boundary_and_weights_file_settings_are_accepted(tmp_path, train):
@@ -121,6 +122,10 @@ POSITIVE = "params.yaml:train for a: epochs, batch_size, image_size and accumula
 MULTIPLE = (
     "params.yaml:train for a: batch_size must be a multiple of accumulate, head_epochs fewer than epochs, and"
     " 0 <= ema_decay < 1."
+)
+CACHED = (
+    "params.yaml:train for a: cached_features caches the frozen blocks' outputs for the image and its mirror, so"
+    " it needs freeze_blocks > 0 (got {}) and tta.shift 0 (got {})."
 )
 RANGES = "params.yaml:train for a: layer_decay_floor must be in (0, 1], mixup_prob in [0, 1] and mixup_off_epoch >= 0."
 
@@ -140,6 +145,9 @@ RANGES = "params.yaml:train for a: layer_decay_floor must be in (0, 1], mixup_pr
         ("{mixup_prob: -0.1}", RANGES),
         ("{mixup_off_epoch: -1}", RANGES),
         ("{freeze_blocks: -1}", "params.yaml:train for a: freeze_blocks must be 0 or more, got -1."),
+        ("{head_init: linear}", "params.yaml:train for a: head_init must be one of ('random', 'probe'), got 'linear'."),
+        ("{cached_features: true}", CACHED.format(0, 0)),
+        ("{freeze_blocks: 2, cached_features: true}\ntta: {shift: 2}", CACHED.format(2, 2)),
     ],
 )
 def test_each_out_of_range_training_setting_is_rejected_alone(tmp_path, train, message):

@@ -40,7 +40,7 @@ def test_a_hostile_backbone_name_reaches_the_stage_as_one_quoted_argument(tmp_pa
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["backbones"] = {HOSTILE: {"model": "resnet18"}}
     stages = rendered_stages(tmp_path, params)
-    assert {name.split("@")[0] for name in stages if "@" in name} == {"train", "predict"}
+    assert {name.split("@")[0] for name in stages if "@" in name} == {"features", "train", "predict"}
     for name, stage in stages.items():
         if "@" in name:
             assert argv_of(stage)["--backbone"] == HOSTILE, stage.cmd
@@ -53,10 +53,15 @@ def test_a_hostile_backbone_name_reaches_the_stage_as_one_quoted_argument(tmp_pa
 def test_train_and_predict_outs_are_the_paths_the_stages_write(tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     stages = rendered_stages(tmp_path, params)
-    n_train = n_predict = 0
+    n_features = n_train = n_predict = 0
     for name, stage in stages.items():
         args = argv_of(stage)
-        if name.startswith("train@"):
+        if "--features" in args:  # train and predict read the folder features@<backbone> writes
+            assert str(layout.backbone_file(args["--features"], args["--backbone"], "")) in paths(stage.deps)
+        if name.startswith("features@"):
+            n_features += 1
+            assert paths(stage.outs) == {str(layout.backbone_file(args["--out"], args["--backbone"], ""))}
+        elif name.startswith("train@"):
             n_train += 1
             backbone, fold = args["--backbone"], int(args["--fold"])
             live = layout.fold_file(args["--live"], backbone, fold, "")
@@ -70,7 +75,8 @@ def test_train_and_predict_outs_are_the_paths_the_stages_write(tmp_path):
             backbone = args["--backbone"]
             assert paths(stage.outs) == {str(layout.backbone_file(args["--out"], backbone, ".npz"))}
             assert str(Path(args["--models"]) / backbone) in paths(stage.deps)
-    assert n_train == len(params["backbones"]) * len(params["cv"]["folds"]) and n_predict == len(params["backbones"])
+    assert n_train == len(params["backbones"]) * len(params["cv"]["folds"])
+    assert n_features == n_predict == len(params["backbones"])
 
 
 def test_oof_and_test_logits_depend_on_the_same_test_time_views(tmp_path):

@@ -6,10 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from pipeline.competition import CLASSES, read_id_label_csv
+from pipeline.dataset import load_dataset
+from pipeline.inference import predict_with_checkpoints
 from pipeline.sample import write_sample_competition
+from pipeline.scores import load_scores
 from tests.repo_copy import ENV, committed_copy, sh, sh_json, stages_run
 from tests.test_fold_log import read_curve
 
@@ -126,7 +130,8 @@ def test_experiments_keep_their_metrics_and_one_backbones_setting_retrains_only_
     sh(repo, "dvc", "exp", "run", "-n", "base")
     output = sh(repo, "dvc", "exp", "run", "-n", "faster", "-S", "++backbones.test_efficientnet.lr=1.0e-2")
     assert sorted(stages_run(output)) == [
-        "ensemble", "predict@test_efficientnet", "submission", "train@test_efficientnet-0", "train@test_efficientnet-1",
+        "ensemble", "features@test_efficientnet", "predict@test_efficientnet", "submission",
+        "train@test_efficientnet-0", "train@test_efficientnet-1",
     ]  # fmt: skip
     sh(repo, "dvc", "exp", "run", "--queue", "-n", "queued", "-S", "ensemble.method=caruana")
     sh(repo, "dvc", "exp", "run", "--run-all")  # in a temporary copy, as `dvc queue start` runs them
@@ -152,3 +157,26 @@ def test_experiments_keep_their_metrics_and_one_backbones_setting_retrains_only_
     assert params["backbones.test_efficientnet.lr"]["new"] == 1.0e-2
     plots = sh(repo, "dvc", "plots", "diff", "base", "faster", "--json")
     assert "artifacts/live/test_efficientnet/fold1/plots/metrics/valid_accuracy.tsv" in plots
+
+
+def test_cached_features_train_one_backbone_whose_test_logits_equal_its_models_on_the_images(repo):
+    lite0 = "backbones.tf_efficientnet_lite0"
+    output = sh(repo, "dvc", "exp", "run", "-n", "cached", "-S", f"++{lite0}.freeze_blocks=5",
+                "-S", f"++{lite0}.cached_features=true", "-S", f"++{lite0}.head_init=probe")  # fmt: skip
+    assert sorted(stages_run(output)) == [
+        "ensemble", "features@tf_efficientnet_lite0", "predict@tf_efficientnet_lite0", "submission",
+        "train@tf_efficientnet_lite0-0", "train@tf_efficientnet_lite0-1",
+    ]  # fmt: skip
+    manifest = json.loads((repo / "artifacts/features/tf_efficientnet_lite0/manifest.json").read_text())
+    assert manifest["cached"] and (manifest["n_train"], manifest["n_test"], manifest["freeze_blocks"]) == (400, 60, 5)
+    metrics = json.loads((repo / "artifacts/metrics/ensemble.json").read_text())
+    assert metrics["backbones"]["tf_efficientnet_lite0"]["accuracy"] > 0.3  # chance is 0.1
+    # predict ran the upper blocks on cached features; the fold models, run on the images, give the same logits
+    data = load_dataset(repo / "artifacts/data")
+    direct = predict_with_checkpoints(
+        [repo / f"artifacts/models/tf_efficientnet_lite0/fold{k}.safetensors" for k in (0, 1)],
+        "tf_efficientnet_lite0", data.test_images, batch_size=64, hflip=True, shift=0, device=torch.device("cpu"),
+    )  # fmt: skip
+    _, cached = load_scores(repo / "artifacts/test_logits/tf_efficientnet_lite0.npz")
+    np.testing.assert_allclose(cached, direct, rtol=0, atol=0.02 * np.abs(direct).max())
+    assert (cached.argmax(1) == direct.argmax(1)).mean() > 0.95

@@ -1,0 +1,37 @@
+"""Run one backbone's frozen blocks once over every labelled and test image and its mirror (`train.cached_features`).
+
+Writes `<out>/<backbone>/`: the features and their manifest, or, for a backbone without `cached_features`,
+a manifest saying so (its train and predict stages then read images).
+"""
+
+import argparse
+from pathlib import Path
+
+from pipeline import batches, cli, config, dataset, features, layout, models
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--backbone", required=True, help="a name listed in params.yaml's backbones")
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="writes <out>/<backbone>/")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+
+    params = config.load_config(args.params)
+    backbone = params.backbone(args.backbone)
+    folder = layout.backbone_file(args.out, args.backbone, "")
+    cfg = backbone.train
+    if not cfg.cached_features:
+        features.write_not_cached(folder)
+        return
+    model = models.create_backbone(backbone.model, cfg.weights)
+    data = dataset.load_dataset(args.data)
+    features.write_features(
+        folder, backbone.model, model, cfg.freeze_blocks, cfg.image_size, data.train_images, data.test_images,
+        batch_size=params.predict.batch_size, device=batches.pick_device(),
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    cli.run(main)
