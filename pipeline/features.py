@@ -164,13 +164,19 @@ class Features:
     manifest: dict
 
 
+def initial_model(model_name: str, cfg: TrainConfig) -> nn.Module:
+    """The model a train stage starts from (`build_recipe` seeds the same way), whose lower blocks are cached."""
+    torch.manual_seed(cfg.seed)
+    return create_backbone(model_name, cfg.weights)
+
+
 def load_backbone_features(folder: Path, model_name: str, cfg: TrainConfig, train_images: np.ndarray,
                            test_images: np.ndarray, *, pretrained_frozen: bool) -> Features:  # fmt: skip
     """The features features@<backbone> made for these settings and images. With `pretrained_frozen` (a train
     stage, about to build the model from `cfg.weights`), also for the frozen weights it will start from."""
     expected = settings_manifest(model_name, cfg.freeze_blocks, cfg.image_size, train_images, test_images)
     if pretrained_frozen:
-        expected["frozen_weights"] = frozen_digest(create_backbone(model_name, cfg.weights), cfg.freeze_blocks)
+        expected["frozen_weights"] = frozen_digest(initial_model(model_name, cfg), cfg.freeze_blocks)
     return load_features(folder, expected)
 
 

@@ -3,8 +3,9 @@
 Fine-tuning pretrained blocks behind a random head lets its first, meaningless gradients reshape them; a head
 fitted first (a scikit-learn LogisticRegression on the frozen model's pooled features, which is what a linear
 probe is) starts training from the probe's accuracy instead ("linear probing, then fine-tuning"). Measured on
-real CIFAR-10 images (tf_efficientnet_lite2 at 128 px, cached features, one fold, 3 epochs): 76.3% held-out
-accuracy with a random head, 83.3% with the probe's.
+real CIFAR-10 images (tf_efficientnet_lite2 at 128 px, cached features, fold 0 of 3, 3 epochs at lr 2e-3): the
+fold's held-out accuracy is 76.3% with a random head, 84.1% with the probe's (84.7% without warm-up), against
+83.2% for the probe alone.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ a manifest saying so (its train and predict stages then read images).
 import argparse
 from pathlib import Path
 
-from pipeline import batches, cli, config, dataset, features, layout, models
+from pipeline import batches, cli, config, dataset, features, layout
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     if not cfg.cached_features:
         features.write_not_cached(folder)
         return
-    model = models.create_backbone(backbone.model, cfg.weights)
+    model = features.initial_model(backbone.model, cfg)
     data = dataset.load_dataset(args.data)
     features.write_features(
         folder, backbone.model, model, cfg.freeze_blocks, cfg.image_size, data.train_images, data.test_images,

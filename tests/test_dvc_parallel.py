@@ -18,7 +18,8 @@ PARAMS = {
     "data": {"source": "sample", "sample": {"n_train": 400, "n_test": 60, "seed": 0}},
     "cv": {"folds": [0, 1], "seed": 0},
     "backbones": {"tiny": {"model": "test_efficientnet"}},
-    "train": {"epochs": 3, "batch_size": 32, "lr": 3.0e-3, "warmup_epochs": 1, "image_size": 32, "weights": "scratch"},
+    "train": {"epochs": 3, "batch_size": 32, "lr": 3.0e-3, "warmup_epochs": 1, "image_size": 32, "weights": "scratch",
+              "freeze_blocks": 0, "cached_features": False},  # features@ depends on these: DVC needs them present
     "tta": {"hflip": False, "shift": 0},
     "predict": {"batch_size": 128},
     "ensemble": {"method": "fitted", "temperature": False, "fallback": True},

@@ -39,7 +39,7 @@ def params(tmp_path, backbone, nproc_per_node=1, **train) -> Path:
 def train_cmd(backbone, fold_inputs, out: Path, params_path: Path) -> list[str]:
     data_dir, folds_csv = fold_inputs
     return [sys.executable, "-m", "stages.train", "--backbone", backbone, "--fold", "0", "--data", str(data_dir),
-            "--folds", str(folds_csv), "--models", str(out), "--oof", str(out),
+            "--folds", str(folds_csv), "--features", str(out / "features"), "--models", str(out), "--oof", str(out),
             "--live", str(out / "live"), "--params", str(params_path)]  # fmt: skip
 
 

@@ -26,6 +26,9 @@ import torch
 import yaml
 
 from pipeline import cli
+from pipeline.config import TrainConfig
+from pipeline.dataset import load_dataset
+from pipeline.features import initial_model, write_features
 from pipeline.sample import encode_png
 from stages import download, ensemble, extract, folds, predict, submit, train
 from tests.test_download import (
@@ -110,6 +113,9 @@ FAULTS = [
           "re-run the stage that wrote it"),
     Fault("logits-overflow", "refusing to write", "a model whose logits are NaN or beyond float16 (a broken model)",
           "re-train it with a lower train.lr"),
+    Fault("features-stale", "manifest.json: made with", "cached features (train.cached_features) made with"
+          " other settings, images or frozen weights, e.g. a stage run alone after a change",
+          "`dvc repro features@<name>`, or `dvc repro` for all"),
     Fault("train-diverged", "the training loss is", "NaN/inf loss (lr too high)", "lower train.lr or the override"),
     Fault("checkpoint-other-backbone", "holds 'test_efficientnet' with 10 classes", "a checkpoint of another backbone",
           "re-run its train stage"),
@@ -195,7 +201,8 @@ def test_a_hostile_backbone_name_stops_every_stage_before_anything_runs(capsys, 
 
 def train_argv(tmp_path: Path, backbone: str, data: Path, folds_csv: Path, params: Path) -> list:
     out = tmp_path / "out"
-    return ["--backbone", backbone, "--fold", 0, "--data", data, "--folds", folds_csv, "--models", out, "--oof", out,
+    return ["--backbone", backbone, "--fold", 0, "--data", data, "--folds", folds_csv, "--features", out / "features",
+            "--models", out, "--oof", out,
             "--live", out / "live", "--params", params]  # fmt: skip
 
 
@@ -392,6 +399,7 @@ def test_diverging_training_stops_naming_backbone_fold_and_epoch(capsys, tmp_pat
 def predict_fails(capsys, fault_id: str, tmp_path: Path, data_dir: Path, models: Path) -> str:
     params = write_params(tmp_path, "backbones: {test_resnet: {model: test_resnet}}\ncv: {folds: [0, 1]}\n")
     line = fails(capsys, fault_id, predict.main, ["--backbone", "test_resnet", "--models", models, "--data", data_dir,
+                                                   "--features", tmp_path / "features",
                                                    "--out", tmp_path / "test_logits", "--params", params])  # fmt: skip
     assert not (tmp_path / "test_logits").exists() or list((tmp_path / "test_logits").iterdir()) == []
     return line
@@ -542,6 +550,24 @@ def test_training_refuses_folds_csv_of_other_data(capsys, tmp_path, data_dir):
     relabel_folds_csv(tmp_path, folds_csv)
     params = write_params(tmp_path, "backbones: {test_resnet: {model: test_resnet}}\ncv: {folds: [0, 1]}\n")
     fails(capsys, "folds-other-data", train.main, train_argv(tmp_path, "test_resnet", data_dir, folds_csv, params))
+    assert not (tmp_path / "out").exists()
+
+
+def test_training_refuses_features_made_at_another_image_size(capsys, tmp_path, data_dir):
+    folds_csv = fold_files(tmp_path, data_dir)
+    data = load_dataset(data_dir)
+    params = write_params(
+        tmp_path,
+        "backbones: {tiny: {model: test_efficientnet}}\ncv: {folds: [0, 1]}\n"
+        "train: {weights: scratch, image_size: 48, freeze_blocks: 2, cached_features: true}\n",
+    )
+    model = initial_model("test_efficientnet", TrainConfig(weights="scratch"))
+    write_features(tmp_path / "features" / "tiny", "test_efficientnet", model, 2, 32, data.train_images,
+                   data.test_images, batch_size=256, device=torch.device("cpu"))  # fmt: skip
+    argv = train_argv(tmp_path, "tiny", data_dir, folds_csv, params)
+    argv[argv.index("--features") + 1] = tmp_path / "features"
+    line = fails(capsys, "features-stale", train.main, argv)
+    assert "made with image_size=32, this stage has image_size=48" in line
     assert not (tmp_path / "out").exists()
 
 
