@@ -1,6 +1,7 @@
 """Train every backbone and fold side by side, one stage per GPU, through DVC (a command, not a DVC stage).
 
-`make train GPUS=0,1,2,3` runs: `dvc repro folds` (data and folds, once), then the train stages four at a time,
+`make train GPUS=0,1,2,3` runs: `dvc repro folds features` (data, folds and every backbone's features stage,
+once), then the train stages four at a time,
 each on its own GPU, then `dvc repro` for predict, ensemble and submission. See pipeline/fanout.py.
 """
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     root = args.params.resolve().parent
     devices = [device.strip() for device in args.devices.split(",")]
-    _dvc(["repro", "folds"], root)
+    _dvc(["repro", "folds", "features"], root)  # what every train stage depends on
     fanout.train_in_parallel(fanout.train_stages(root), devices, args.logs, root)
     _dvc(["repro"], root)
 

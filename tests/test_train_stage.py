@@ -106,3 +106,21 @@ def test_torchrun_command_is_an_argument_list_and_never_nests():
 def test_torchrun_command_is_none_inside_torchrun(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert torchrun_command(4, "stages.train", []) is None
+
+
+def test_cached_features_train_under_ddp_processes(fold_inputs, tmp_path):
+    """The cached path under torchrun: DDP wraps the blocks above the features, head-only epochs re-wrap them."""
+    data_dir, _ = fold_inputs
+    recipe = {"epochs": 2, "head_epochs": 1, "freeze_blocks": 3, "cached_features": True, "head_init": "probe"}
+    two = params(tmp_path, "test_efficientnet", 2, **recipe)
+    features = subprocess.run([sys.executable, "-m", "stages.features", "--backbone", "test_efficientnet", "--data",
+                               str(data_dir), "--out", str(tmp_path / "two" / "features"), "--params", str(two)],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert features.returncode == 0, features.stderr[-2000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run(train_cmd("test_efficientnet", fold_inputs, tmp_path / "two", two), cwd=REPO,
+                         capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "2 process(es)" in ddp.stderr and "the head starts as a linear probe" in ddp.stderr
+    logits = oof(tmp_path / "two", "test_efficientnet")
+    assert logits.std(axis=0).min() > 0  # per-image logits, not a constant
