@@ -88,7 +88,7 @@ def main() -> None:
     # the real recipe, one short fold
     runs = [(model, tiny_cfg) for model in TINY_BACKBONES] if tiny else [
         (bb.model, TrainConfig(**{**bb.train.__dict__, "epochs": 1, "warmup_epochs": 0, "mixup_off_epoch": 0,
-                                   "cached_features": False}))  # the whole model: what a GPU run costs
+                                   "cached_features": False}))  # on images: the smoke has no cached features
         for bb in params.backbones.values()
     ]  # fmt: skip
     updates = args.updates or (40 if tiny else 200)
