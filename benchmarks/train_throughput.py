@@ -10,8 +10,9 @@ cached    `frozen` on cached outputs of those blocks (--cached-features, as trai
 
   python benchmarks/train_throughput.py                       # tf_efficientnet_lite0, 64 px, batch 64
   python benchmarks/train_throughput.py --model resnet18 --size 96 --batch 64 --updates 20
-  python benchmarks/train_throughput.py --size 48 --freeze-blocks 2             # the demo's lite0 setting
-  python benchmarks/train_throughput.py --model tf_efficientnet_lite2 --size 128 --freeze-blocks 6 --cached-features
+  python benchmarks/train_throughput.py --size 48 --freeze-blocks 6 --cached-features    # `make demo`'s lite0
+  python benchmarks/train_throughput.py --model tf_efficientnet_lite2 --size 128 --freeze-blocks 6 \
+      --cached-features                                      # `make demo DATA=...`'s lite2
 """
 
 from __future__ import annotations

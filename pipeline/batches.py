@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,16 +19,26 @@ log = logging.getLogger(__name__)
 
 
 def pick_device() -> torch.device:
-    """CUDA when present, else the CPU: the one place the device is chosen.
+    """CUDA when present (with cuDNN's autotuner on), else the CPU: the one place the device is chosen.
 
     A torch built with CUDA that finds no usable GPU (most often a driver older than that CUDA build) would
     otherwise train on the CPU in silence, for days: it says so, once per process.
     """
     if torch.cuda.is_available():
+        # every CUDA process (train, features, predict): one input size per run, so let cuDNN pick its fastest kernels
+        torch.backends.cudnn.benchmark = True
         return torch.device("cuda")
-    if torch.version.cuda is not None:
+    if torch.version.cuda is not None and nvidia_driver_present():  # a CPU machine: nothing to warn about
         _warn_no_gpu(torch.__version__, torch.version.cuda)
     return torch.device("cpu")
+
+
+# what an NVIDIA driver leaves on a machine: its /proc entry and control device, and nvidia-smi
+DRIVER_SIGNS = ("/proc/driver/nvidia/version", "/dev/nvidiactl")
+
+
+def nvidia_driver_present() -> bool:
+    return any(Path(sign).exists() for sign in DRIVER_SIGNS) or shutil.which("nvidia-smi") is not None
 
 
 @functools.cache
@@ -39,13 +51,17 @@ def _warn_no_gpu(torch_version: str, cuda_version: str) -> None:
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """Mixed precision for `device`: bf16 on GPUs that have it, else fp16 on CUDA; none on the CPU.
+    """Mixed precision for `device`: bf16 on GPUs that compute in it natively (compute capability 8.0 and up:
+    A100, L4, A10G, H100), fp16 with a GradScaler on older ones (T4 7.5, V100 7.0, P100 6.0); none on the CPU.
 
-    bf16 on this project's CPUs runs ~4x slower than fp32 (FACTS.md), so the CPU stays in fp32.
+    Not `torch.cuda.is_bf16_supported()`: it defaults to `including_emulation=True` and says yes below sm_80
+    whenever a bf16 tensor can be made, and emulated bf16 is slow. bf16 on this project's CPUs runs ~4x slower
+    than fp32 (FACTS.md), so the CPU stays in fp32.
     """
     if device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
 
 
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -7,11 +7,13 @@ With `PIPELINE_TIMINGS=<file>` in the environment (`make demo` sets it), each st
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,11 +26,21 @@ def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None)
     """Call a stage's `main(argv)`; a PipelineError becomes `error: <message>` on stderr and exit status 1."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     start = time.monotonic()
+    crashed = False
     try:
         main(argv)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    except Exception:  # a bug, not bad input: its traceback, then exit 1
+        traceback.print_exc()
+        crashed = True
+    if crashed:
+        # The traceback is gone now, and with it the frames that held DVC's git objects: finalize them while imports
+        # still work. At interpreter shutdown dulwich's Pack.__del__ imports `warnings` and prints three "Exception
+        # ignored ... sys.meta_path is None" tracebacks under the real one.
+        gc.collect()
+        raise SystemExit(1)
     if os.environ.get(TIMINGS_ENV) and "LOCAL_RANK" not in os.environ:  # torchrun's workers: their parent records
         record_timing(Path(os.environ[TIMINGS_ENV]), stage_label(sys.argv), time.monotonic() - start)
 

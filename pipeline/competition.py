@@ -31,11 +31,7 @@ def read_id_label_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     and labels outside the ten classes, naming the first bad line.
     """
     class_index = {name: i for i, name in enumerate(CLASSES)}
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CompetitionFileError(f"{path}: cannot read it ({exc}); re-run the download stage.") from exc
+    rows = read_csv_rows(path, CompetitionFileError, "re-run the download stage")
     if not rows or [c.strip() for c in rows[0]] != ["id", "label"]:
         found = rows[0] if rows else "an empty file"
         raise CompetitionFileError(f"{path}: expected the header 'id,label', got {found}; re-run the download stage.")
@@ -56,6 +52,30 @@ def read_id_label_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not ids:
         raise CompetitionFileError(f"{path}: has a header but no rows.")
     return np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.int64)
+
+
+def read_csv_rows(path: Path, error: type[PipelineError], fix: str) -> list[list[str]]:
+    """Every row of a UTF-8 CSV (a BOM and CRLF line ends are fine); `error(...)` with one line saying what is wrong
+    and `fix` for a missing file, text that is not UTF-8 (UTF-16, as some editors save it) or a broken quote."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader, rows = csv.reader(f, strict=True), []
+            while True:
+                start = reader.line_num + 1  # where the next row begins
+                try:
+                    rows.append(next(reader))
+                except StopIteration:
+                    return rows
+                except csv.Error as exc:  # a stray quote swallows the rest of the file into one field
+                    raise error(f"{path}:{start}: not a valid CSV ({exc}): a stray double quote opens a field that"
+                                f" never closes; {fix}.") from exc  # fmt: skip
+    except FileNotFoundError as exc:
+        raise error(f"{path}: not found; {fix}.") from exc
+    except UnicodeDecodeError as exc:
+        bom = {b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}.get(Path(path).read_bytes()[:2], "not UTF-8")
+        raise error(f"{path}: is not UTF-8 text ({bom}, byte {exc.start}); save it as UTF-8, or {fix}.") from exc
+    except OSError as exc:
+        raise error(f"{path}: cannot read it ({exc}); {fix}.") from exc
 
 
 def _is_ascii_integer(text: str) -> bool:

@@ -29,13 +29,18 @@ from pipeline.competition import (
     read_id_label_csv,
 )
 from pipeline.errors import PipelineError
+from pipeline.provenance import Made, Record, arrays_digest, expect, write_record
 
 log = logging.getLogger(__name__)
 _REMAKE = "re-run the extract stage (`dvc repro -f extract`)"
+_ARRAYS = ("train_images", "train_labels", "test_images")
 
 
 class DatasetError(PipelineError):
     """The packed arrays are missing, unreadable, or not what the extract stage writes."""
+
+
+STAGE = "extract"
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,7 @@ class Dataset:
     train_images: np.ndarray
     train_labels: np.ndarray
     test_images: np.ndarray
+    made: Made | None = None  # the data folder and its record: what every record downstream lists as `data`
 
     @property
     def train_ids(self) -> np.ndarray:
@@ -56,9 +62,11 @@ class Dataset:
 def extract_competition(raw_dir: Path, data_dir: Path) -> None:
     """Check Kaggle's four files in `raw_dir` against each other and write the arrays to `data_dir`.
 
-    Nothing appears at `data_dir` unless every check passes.
+    Nothing appears at `data_dir` unless every check passes. The folder's record lists the raw folder's and
+    holds a digest of the arrays.
     """
     raw_dir = Path(raw_dir)
+    raw = expect(raw_dir, "download")
     train_path, test_path = raw_dir / TRAIN_ARCHIVE, raw_dir / TEST_ARCHIVE
     with open_archive(train_path) as train_archive, open_archive(test_path) as test_archive:
         train_ids = read_member_ids(train_archive, train_path, "train")
@@ -79,6 +87,10 @@ def extract_competition(raw_dir: Path, data_dir: Path) -> None:
             ):
                 write_images_npy(archive, path, n_images, tmp / f"{split}_images.npy")
             np.save(tmp / "train_labels.npy", train_labels)
+            written = {name: np.load(tmp / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
+            facts = {"n_train": len(train_ids), "n_test": len(test_ids), "arrays": arrays_digest(*written.values())}
+            del written  # unmap before the folder is renamed
+            write_record(tmp, Record(stage=STAGE, inputs={"raw": raw.digest}, facts=facts))
     log.info("wrote %s", data_dir)
 
 
@@ -92,7 +104,8 @@ def write_images_npy(archive, archive_path: Path, n_images: int, npy_path: Path)
 
 
 def load_dataset(data_dir: Path) -> Dataset:
-    """Memory-map the arrays written by `extract_competition`, checked: shapes, dtypes, label range."""
+    """Memory-map the arrays written by `extract_competition`, checked: shapes, dtypes, label range, and the
+    folder's record (its digest of the arrays is not recomputed: the folder is one DVC output)."""
     data_dir = Path(data_dir)
     train_images = _load_array(data_dir / "train_images.npy", mmap=True)
     train_labels = _load_array(data_dir / "train_labels.npy", mmap=False)
@@ -114,7 +127,13 @@ def load_dataset(data_dir: Path) -> Dataset:
             f"{data_dir / 'train_labels.npy'}: {len(outside)} labels are not class indices 0..{len(CLASSES) - 1},"
             f" the first is {int(train_labels[outside[0]])} (image id {outside[0] + 1}); {_REMAKE}."
         )
-    return Dataset(train_images=train_images, train_labels=train_labels, test_images=test_images)
+    made = expect(data_dir, STAGE)
+    counts, recorded = (len(train_images), len(test_images)), (made.record.facts.get("n_train"),
+                                                               made.record.facts.get("n_test"))  # fmt: skip
+    if counts != recorded:
+        raise DatasetError(f"{data_dir}: holds {counts[0]} train and {counts[1]} test images, its record says"
+                           f" {recorded[0]} and {recorded[1]}; {_REMAKE}.")  # fmt: skip
+    return Dataset(train_images=train_images, train_labels=train_labels, test_images=test_images, made=made)
 
 
 def _load_array(path: Path, mmap: bool) -> np.ndarray:

@@ -10,6 +10,7 @@ import os
 import sys
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -35,6 +36,14 @@ class World:
     def barrier(self) -> None:
         if self.size > 1:
             dist.barrier()
+
+    def gather_rows(self, array: np.ndarray) -> np.ndarray | None:
+        """Every rank's `array` (its `shard` of some rows) stacked in rank order, on rank 0; None on the others."""
+        if self.size == 1:
+            return array
+        parts = [None] * self.size if self.is_main else None
+        dist.gather_object(array, parts, dst=0)
+        return np.concatenate(parts) if self.is_main else None
 
     def broadcast_object(self, obj):
         """Rank 0's `obj` on every rank (what the others pass is ignored): one decision, the same everywhere."""

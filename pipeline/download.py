@@ -1,23 +1,28 @@
-"""Get Kaggle's four competition files into one folder, from Kaggle, a local copy, or the embedded sample."""
+"""Get Kaggle's four competition files into one folder, from Kaggle, a local copy, or the embedded sample.
+
+The folder's record (`pipeline.provenance`) holds the data settings, the size and digest of each file, and for a
+local source the size and mtime of what was copied: a rerun for the same source finds them intact and does
+nothing (no Kaggle call), while a replaced local cifar-10.zip is read again.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import shutil
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 from pipeline import kaggle_io, sample
 from pipeline.atomic import atomic_dir
 from pipeline.competition import FILES, ZIP_NAME
-from pipeline.config import DataConfig
+from pipeline.config import DataConfig, flat_settings
 from pipeline.errors import PipelineError
+from pipeline.provenance import ProvenanceError, Record, file_digest, read_record, write_record
 
 log = logging.getLogger(__name__)
-_SOURCE_STAMP = "source.json"  # which data config produced the folder
+STAGE = "download"
 _TEMP_PREFIXES = (".download-", ".sample-")  # this stage's temporary folders beside its output
 
 
@@ -25,23 +30,39 @@ class DownloadError(PipelineError):
     """The competition files could not be fetched, or what was fetched is incomplete."""
 
 
-def fetch_competition(data: DataConfig, out_dir: Path) -> None:
-    """Put train.7z, test.7z, trainLabels.csv and sampleSubmission.csv in `out_dir`, all or nothing.
+def source_identity(data: DataConfig) -> dict:
+    """The data settings and, for data.source local, the size and mtime of each source file: what the download
+    stage's output is made from (the `settings` stage writes it, so DVC re-runs download when it changes)."""
+    return {"settings": flat_settings("data", data), "source": _local_files(data)}
 
-    A rerun for the same source finds them intact and does nothing (no Kaggle call).
-    """
+
+def _local_files(data: DataConfig) -> dict:
+    if data.source != "local":
+        return {}
+    source = Path(data.path)
+    files = [source / name for name in FILES] if source.is_dir() else [source]
+    if not all(f.is_file() for f in files):
+        missing = next(f for f in files if not f.is_file())
+        raise DownloadError(f"{missing}: not found; set data.path to Kaggle's {ZIP_NAME} or a folder holding"
+                            f" {', '.join(FILES)}.")  # fmt: skip
+    return {str(f.resolve()): {"size": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns} for f in files}
+
+
+def fetch_competition(data: DataConfig, out_dir: Path) -> None:
+    """Put train.7z, test.7z, trainLabels.csv and sampleSubmission.csv in `out_dir`, all or nothing, with the
+    folder's record. A rerun for the same source finds them intact and does nothing."""
     out_dir = Path(out_dir)
-    stamp = json.dumps(dataclasses.asdict(data), sort_keys=True)
-    if _already_fetched(out_dir, stamp):
+    identity = source_identity(data)
+    if _already_fetched(out_dir, identity):
         log.info("%s already holds the competition files from this source; nothing to do", out_dir)
         return
     _remove_stale_temps(out_dir.parent)
     if data.source == "kaggle":
         api = kaggle_io.connect()  # fails before anything is written
         with tempfile.TemporaryDirectory(prefix=_TEMP_PREFIXES[0], dir=_parent(out_dir)) as tmp:
-            unpack_competition(kaggle_io.download_competition(api, Path(tmp)), out_dir)
+            unpack_competition(kaggle_io.download_competition(api, Path(tmp)), out_dir, identity)
     elif data.source == "local":
-        unpack_competition(Path(data.path), out_dir)
+        unpack_competition(Path(data.path), out_dir, identity)
     else:
         with tempfile.TemporaryDirectory(prefix=_TEMP_PREFIXES[1], dir=_parent(out_dir)) as tmp:
             zip_path = Path(tmp) / ZIP_NAME
@@ -51,22 +72,31 @@ def fetch_competition(data: DataConfig, out_dir: Path) -> None:
                 data.sample.n_test,
             )
             sample.write_sample_competition(zip_path, data.sample.n_train, data.sample.n_test, data.sample.seed)
-            unpack_competition(zip_path, out_dir)
-    (out_dir / _SOURCE_STAMP).write_text(stamp)  # last: its presence means the four files are complete
+            unpack_competition(zip_path, out_dir, identity)
     log.info("competition files in %s: %s", out_dir, ", ".join(FILES))
 
 
-def _already_fetched(out_dir: Path, stamp: str) -> bool:
-    stamp_path = out_dir / _SOURCE_STAMP
-    if not stamp_path.is_file() or stamp_path.read_text() != stamp:
+def _already_fetched(out_dir: Path, identity: dict) -> bool:
+    try:
+        record = read_record(out_dir)
+    except ProvenanceError:
         return False
-    return all((out_dir / name).is_file() and (out_dir / name).stat().st_size > 0 for name in FILES)
+    sizes = record.facts.get("files", {})
+    return (
+        record.stage == STAGE
+        and record.settings == identity["settings"]
+        and record.facts.get("source") == identity["source"]
+        and all((out_dir / name).is_file() and (out_dir / name).stat().st_size == sizes.get(name, {}).get("size")
+                for name in FILES)
+    )  # fmt: skip
 
 
-def unpack_competition(source: Path, out_dir: Path) -> None:
-    """Copy Kaggle's four files from `source` (cifar-10.zip as Kaggle ships it, or a folder) into `out_dir`."""
+def unpack_competition(source: Path, out_dir: Path, identity: dict | None = None) -> None:
+    """Copy Kaggle's four files from `source` (cifar-10.zip as Kaggle ships it, or a folder) into `out_dir`, with
+    its record (`identity`: what `source_identity` says of the settings that chose `source`)."""
     if not source.exists():
         raise DownloadError(f"{source}: not found; set data.path to Kaggle's {ZIP_NAME} or a folder holding {FILES}.")
+    identity = identity or {"settings": {}, "source": {}}
     if source.is_dir():
         missing = [name for name in FILES if not (source / name).is_file()]
         if missing:
@@ -74,7 +104,7 @@ def unpack_competition(source: Path, out_dir: Path) -> None:
         with atomic_dir(out_dir) as tmp:
             for name in FILES:
                 shutil.copyfile(source / name, tmp / name)
-            _check_non_empty(tmp, source)
+            _finish(tmp, source, identity)
         return
     try:
         with zipfile.ZipFile(source) as z:
@@ -87,15 +117,27 @@ def unpack_competition(source: Path, out_dir: Path) -> None:
             with atomic_dir(out_dir) as tmp:
                 for name in FILES:
                     z.extract(name, tmp)
-                _check_non_empty(tmp, source)
+                _finish(tmp, source, identity)
     except zipfile.BadZipFile as exc:
         raise DownloadError(f"{source}: not a valid zip file ({exc}); delete it and download it again.") from exc
+    except (zlib.error, EOFError) as exc:  # a damaged deflate stream inside a well-formed zip
+        raise DownloadError(f"{source}: a member's compressed data is damaged ({type(exc).__name__}: {exc}); delete"
+                            " the zip and download it again.") from exc  # fmt: skip
+    except NotImplementedError as exc:  # e.g. Deflate64, which Python's zipfile cannot read
+        raise DownloadError(
+            f"{source}: uses a compression Python cannot read ({exc}); re-pack it as a plain zip (`zip -r`) or"
+            " download Kaggle's own cifar-10.zip again."
+        ) from exc
 
 
-def _check_non_empty(folder: Path, source: Path) -> None:
+def _finish(folder: Path, source: Path, identity: dict) -> None:
+    """Check the four files are not empty and write the folder's record (last: it means they are complete)."""
     empty = [name for name in FILES if (folder / name).stat().st_size == 0]
     if empty:
         raise DownloadError(f"{source}: {', '.join(empty)} is empty; download the competition files again.")
+    files = {name: {"size": (folder / name).stat().st_size, "digest": file_digest(folder / name)} for name in FILES}
+    facts = {"source": identity["source"], "files": files}
+    write_record(folder, Record(stage=STAGE, settings=identity["settings"], facts=facts))
 
 
 def _parent(out_dir: Path) -> Path:

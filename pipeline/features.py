@@ -6,10 +6,11 @@ its mirror, the TTA view) and saves their outputs; the train stages then train o
 (`UpperPart`) for as many epochs as they like, and the predict stage runs that part on the test images'
 features. On a CPU this is what makes 128 px affordable: the frozen part is most of the compute.
 
-Folder `<features>/<name>/`: `manifest.json` (what the features were made from) and, when cached,
-`train.npy` `(n_train, 2, C, H, W)` and `test.npy` float16 (axis 1: the image, its mirror). A backbone
-without `cached_features` gets a manifest saying so and no arrays. Readers check the manifest against their
-own settings, the images and the frozen weights, and refuse stale features naming the stage to re-run.
+Folder `<features>/<name>/`: its record (`provenance.json`: the settings, the data, the counts and a digest of
+the frozen weights) and, when cached, `train.npy` `(n_train, 2, C, H, W)` and `test.npy` float16 (axis 1: the
+image, its mirror). A backbone without `cached_features` gets a record saying so and no arrays. Readers check
+the record (`pipeline.provenance.expect`), and the frozen weights they start from or hold, and refuse stale
+features naming the stage to re-run.
 
 Random crops cannot be cached (a crop changes every feature), so training on features sees the image and its
 mirror only; test-time `tta.shift` views cannot be either.
@@ -17,8 +18,7 @@ mirror only; test-time `tta.shift` views cannot be either.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +32,9 @@ from pipeline.atomic import atomic_dir
 from pipeline.batches import to_device, to_model_input
 from pipeline.config import TrainConfig
 from pipeline.errors import PipelineError
-from pipeline.folds import arrays_digest
-from pipeline.models import create_backbone, normalisation
+from pipeline.models import create_backbone, normalisation, weights_digest
+from pipeline.provenance import Made, Record, write_record
 
-MANIFEST = "manifest.json"
 VIEWS = 2  # the image and its mirror: the flip augmentation while training, the hflip TTA view after
 
 
@@ -81,29 +80,13 @@ def check_splittable(model: nn.Module, n_blocks: int) -> None:
 
 def frozen_digest(model: nn.Module, n_blocks: int) -> str:
     """A hash of the lower part's weights and batch norm statistics: features of other weights differ."""
-    digest = hashlib.blake2b(digest_size=16)
-    for key, tensor in lower_part(model, n_blocks).state_dict().items():
-        array = tensor.detach().cpu().contiguous().numpy()
-        digest.update(f"{key}{array.dtype.str}{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
-def settings_manifest(model_name: str, n_blocks: int, image_size: int, train_images: np.ndarray,
-                      test_images: np.ndarray) -> dict:  # fmt: skip
-    """What features of these images at these settings are; the manifest adds the frozen weights' digest."""
-    return {
-        "cached": True, "model": model_name, "freeze_blocks": n_blocks, "image_size": image_size,
-        "images": arrays_digest(train_images, test_images), "n_train": len(train_images), "n_test": len(test_images),
-    }  # fmt: skip
+    return weights_digest(lower_part(model, n_blocks))
 
 
 def check_model_fits(model: nn.Module, image_size: int, n_blocks: int, features: Features, where: Path) -> None:
     """Refuse a trained model whose frozen blocks or image size are not those the features were made with."""
-    if (
-        image_size != features.manifest["image_size"]
-        or frozen_digest(model, n_blocks) != features.manifest["frozen_weights"]
-    ):
+    facts, settings = features.made.record.facts, features.made.record.settings
+    if image_size != settings["train.image_size"] or frozen_digest(model, n_blocks) != facts["frozen_weights"]:
         raise FeaturesError(
             f"{where}: its frozen blocks or image size differ from those the cached features were made with;"
             " re-run `dvc repro` (this backbone's features@ and train@ stages)."
@@ -129,15 +112,16 @@ def compute_features(
             out[start : start + len(batch), view] = x.cpu().numpy()
 
 
-def write_features(folder: Path, model_name: str, model: nn.Module, n_blocks: int, image_size: int,
-                   train_images: np.ndarray, test_images: np.ndarray, *, batch_size: int,
+def write_features(folder: Path, model: nn.Module, n_blocks: int, image_size: int, train_images: np.ndarray,
+                   test_images: np.ndarray, *, record: Record, batch_size: int,
                    device: torch.device) -> None:  # fmt: skip
-    """`folder`/{manifest.json, train.npy, test.npy}: written whole or not at all."""
+    """`folder`/{provenance.json, train.npy, test.npy}: written whole or not at all. `record` (stage, settings,
+    inputs) gets the facts: the counts and the frozen weights' digest."""
     model.to(device).to(memory_format=torch.channels_last)
     lower = lower_part(model, n_blocks).eval()  # before any forward: train mode would update its BN statistics
     mean, std = normalisation(model)
-    manifest = settings_manifest(model_name, n_blocks, image_size, train_images, test_images)
-    manifest["frozen_weights"] = frozen_digest(model, n_blocks)
+    facts = {"cached": True, "n_train": len(train_images), "n_test": len(test_images),
+             "frozen_weights": frozen_digest(model, n_blocks)}  # fmt: skip
     with torch.inference_mode():
         probe = lower(to_model_input(to_device(train_images[:1], device), image_size, mean, std))
     with atomic_dir(folder) as tmp:
@@ -145,23 +129,23 @@ def write_features(folder: Path, model_name: str, model: nn.Module, n_blocks: in
             out = np.lib.format.open_memmap(tmp / f"{part}.npy", mode="w+", dtype=np.float16,
                                             shape=(len(images), VIEWS, *probe.shape[1:]))  # fmt: skip
             compute_features(lower, images, out, image_size=image_size, mean=mean, std=std,
-                             batch_size=batch_size, device=device, desc=f"{model_name} {part} features")  # fmt: skip
+                             batch_size=batch_size, device=device, desc=f"{record.stage} {part} features")  # fmt: skip
             out.flush()
             del out
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        write_record(tmp, dataclasses.replace(record, facts=facts))
 
 
-def write_not_cached(folder: Path) -> None:
-    """The manifest of a backbone that trains on images: its train and predict stages read no features."""
+def write_not_cached(folder: Path, record: Record) -> None:
+    """The record of a backbone that trains on images: its train and predict stages read no features."""
     with atomic_dir(folder) as tmp:
-        (tmp / MANIFEST).write_text(json.dumps({"cached": False}) + "\n")
+        write_record(tmp, dataclasses.replace(record, facts={"cached": False}))
 
 
 @dataclass(frozen=True)
 class Features:
     train: np.ndarray  # (n_train, 2, C, H, W) float16, memory-mapped; axis 1: the image, its mirror
     test: np.ndarray
-    manifest: dict
+    made: Made  # the folder and its record
 
 
 def initial_model(model_name: str, cfg: TrainConfig) -> nn.Module:
@@ -170,34 +154,19 @@ def initial_model(model_name: str, cfg: TrainConfig) -> nn.Module:
     return create_backbone(model_name, cfg.weights)
 
 
-def load_backbone_features(folder: Path, model_name: str, cfg: TrainConfig, train_images: np.ndarray,
-                           test_images: np.ndarray, *, pretrained_frozen: bool) -> Features:  # fmt: skip
-    """The features features@<backbone> made for these settings and images. With `pretrained_frozen` (a train
-    stage, about to build the model from `cfg.weights`), also for the frozen weights it will start from."""
-    expected = settings_manifest(model_name, cfg.freeze_blocks, cfg.image_size, train_images, test_images)
-    if pretrained_frozen:
-        expected["frozen_weights"] = frozen_digest(initial_model(model_name, cfg), cfg.freeze_blocks)
-    return load_features(folder, expected)
-
-
-def load_features(folder: Path, expected: dict) -> Features:
-    """The features in `folder` if its manifest holds `expected` (`settings_manifest` of the reader's settings
-    and images, optionally with `frozen_weights`); FeaturesError naming the difference and the stage to re-run."""
-    rerun = f"re-run `dvc repro features@{folder.name}`"
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError) as exc:
-        raise FeaturesError(f"{folder / MANIFEST}: unreadable ({type(exc).__name__}); {rerun}.") from exc
-    if not isinstance(manifest, dict) or not manifest.get("cached"):
-        raise FeaturesError(f"{folder / MANIFEST}: holds no features (made without train.cached_features); {rerun}.")
-    differ = sorted(key for key in expected if manifest.get(key) != expected[key])
-    if differ:
-        found = ", ".join(f"{key}={manifest.get(key)!r}" for key in differ)
-        wanted = ", ".join(f"{key}={expected[key]!r}" for key in differ)
-        raise FeaturesError(f"{folder / MANIFEST}: made with {found}, this stage has {wanted}; {rerun}.")
+def load_features(made: Made, frozen_weights: str | None = None) -> Features:
+    """The arrays of the features folder whose checked record is `made` (`pipeline.provenance.expect`); with
+    `frozen_weights` (a train stage: the digest of the frozen blocks it starts from), made from those weights."""
+    folder, facts = made.path, made.record.facts
+    rerun = f"re-run `dvc repro {made.record.stage}`"
+    if not facts.get("cached"):
+        raise FeaturesError(f"{folder}: holds no features (made without train.cached_features); {rerun}.")
+    if frozen_weights is not None and facts.get("frozen_weights") != frozen_weights:
+        raise FeaturesError(f"{folder}: made from other frozen weights (frozen_weights={facts.get('frozen_weights')!r},"
+                            f" this stage starts from {frozen_weights!r}); {rerun}.")  # fmt: skip
     arrays = {}
     for part in ("train", "test"):
-        path, n = folder / f"{part}.npy", manifest[f"n_{part}"]
+        path, n = folder / f"{part}.npy", facts[f"n_{part}"]
         try:
             array = np.load(path, mmap_mode="r")
         except (OSError, ValueError) as exc:
@@ -207,4 +176,4 @@ def load_features(folder: Path, expected: dict) -> Features:
                 f"{path}: shape {array.shape} {array.dtype}, expected ({n}, {VIEWS}, C, H, W) float16; {rerun}."
             )
         arrays[part] = array
-    return Features(arrays["train"], arrays["test"], manifest)
+    return Features(arrays["train"], arrays["test"], made)

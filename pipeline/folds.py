@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import hashlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,8 +11,12 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from pipeline.atomic import atomic_file
-from pipeline.competition import CLASSES
+from pipeline.competition import CLASSES, read_csv_rows
+from pipeline.config import Config
 from pipeline.errors import PipelineError
+from pipeline.provenance import Made, Record, arrays_digest, made_by, sidecar, write_record
+
+STAGE = "folds"
 
 
 class FoldsError(PipelineError):
@@ -36,16 +40,6 @@ class Split:
         """A hash of both sides' images, labels and the held-out ids: another split or other data differ."""
         return arrays_digest(self.train_images, self.train_labels, self.valid_images, self.valid_labels,
                              self.valid_ids)  # fmt: skip
-
-
-def arrays_digest(*arrays: np.ndarray) -> str:
-    """A hash of the arrays' dtypes, shapes and bytes."""
-    digest = hashlib.blake2b(digest_size=16)
-    for array in arrays:
-        contiguous = np.ascontiguousarray(array)
-        digest.update(f"{contiguous.dtype.str}{contiguous.shape}".encode())
-        digest.update(contiguous.data)
-    return digest.hexdigest()
 
 
 def split_fold(
@@ -85,11 +79,25 @@ def make_folds(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     return fold_of_image
 
 
-def write_folds(path: Path, ids: np.ndarray, labels: np.ndarray, fold_of_image: np.ndarray) -> None:
+def write_folds(path: Path, ids: np.ndarray, labels: np.ndarray, fold_of_image: np.ndarray, record: Record) -> None:
+    """folds.csv, then its record (`record`: stage, settings, inputs; the facts are added here)."""
     with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["id", "label", "fold"])
         writer.writerows(zip(ids.tolist(), (CLASSES[k] for k in labels.tolist()), fold_of_image.tolist(), strict=True))
+    facts = {"n_images": len(ids), "folds": arrays_digest(fold_of_image)}
+    write_record(path, dataclasses.replace(record, facts=facts))
+
+
+def load_folds(path: Path, labels: np.ndarray, cfg: Config, data: Made) -> tuple[np.ndarray, Made]:
+    """`read_folds`, and its record checked: made with params.yaml's cv settings, from `data`, and describing
+    this very file (not one edited or replaced without its record)."""
+    fold_of_image = read_folds(path, labels, n_folds=cfg.cv.n_folds)
+    made = made_by(path, cfg, STAGE, data=data)
+    if made.record.facts.get("folds") != arrays_digest(fold_of_image):
+        raise FoldsError(f"{path}: is not the file its record {sidecar(path)} describes (edited, or replaced"
+                         " without it); re-run the folds stage (`dvc repro -f folds`).")  # fmt: skip
+    return fold_of_image, made
 
 
 def read_folds(path: Path, labels: np.ndarray, n_folds: int) -> np.ndarray:
@@ -99,13 +107,7 @@ def read_folds(path: Path, labels: np.ndarray, n_folds: int) -> np.ndarray:
     labels (else it was made from other data), and its folds must be exactly 0..n_folds-1, none empty.
     """
     remake = "re-run the folds stage (`dvc repro folds`)"
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-    except FileNotFoundError as exc:
-        raise FoldsError(f"{path}: not found; run the folds stage first (`dvc repro folds`).") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FoldsError(f"{path}: cannot read it ({exc}); {remake}.") from exc
+    rows = read_csv_rows(path, FoldsError, remake)
     if not rows or rows[0] != ["id", "label", "fold"]:
         raise FoldsError(f"{path}: the first line must be 'id,label,fold'; {remake}.")
     body = rows[1:]

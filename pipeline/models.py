@@ -7,6 +7,7 @@ map in order, shape for shape, onto timm's `tf_efficientnet_lite0`.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import logging
@@ -22,6 +23,7 @@ from pipeline.atomic import atomic_file
 from pipeline.competition import CLASSES
 from pipeline.config import check_timm_model
 from pipeline.errors import PipelineError
+from pipeline.provenance import KEY, Record
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +107,9 @@ def normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...
     return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
 
 
-def save_checkpoint(path: Path, model: nn.Module, backbone: str, image_size: int) -> None:
-    """Weights plus what is needed to rebuild and feed the model, as safetensors, written atomically.
+def save_checkpoint(path: Path, model: nn.Module, backbone: str, image_size: int, record: Record | None = None) -> None:
+    """Weights plus what is needed to rebuild and feed the model, and the `record` of what made it (read back by
+    `pipeline.provenance.read_record`), as safetensors, written atomically.
 
     safetensors rather than torch.save: the same weights give the same bytes (torch.save adds a random
     serialization id), so DVC sees a retrained but identical model as unchanged; and loading runs no pickle.
@@ -114,10 +117,22 @@ def save_checkpoint(path: Path, model: nn.Module, backbone: str, image_size: int
     mean, std = normalisation(model)
     meta = {"backbone": backbone, "num_classes": len(CLASSES), "image_size": image_size, "mean": mean, "std": std}
     # one metadata entry: safetensors writes several in a random order, and the bytes would differ
+    if record is not None:
+        meta[KEY] = json.loads(record.to_json())
     metadata = {"checkpoint": json.dumps(meta, sort_keys=True)}
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_file(path) as tmp:
         safetensors.torch.save_file(tensors, tmp, metadata=metadata)
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A hash of every tensor of `model` (weights and batch norm statistics): another training run differs."""
+    digest = hashlib.blake2b(digest_size=16)
+    for key, tensor in model.state_dict().items():
+        array = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}{array.dtype}{tuple(array.shape)}".encode())
+        digest.update(array.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_checkpoint(path: Path, backbone: str) -> tuple[nn.Module, dict]:

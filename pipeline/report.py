@@ -86,7 +86,8 @@ def write_report(folder: Path, *, backbones: list[str], oof_logits: np.ndarray, 
         lines.append(f"| {name} | {m['accuracy']:.4f} | {m['log_loss']:.4f} | {m['nested_cv_accuracy']:.4f}"
                      f" | {m['nested_cv_log_loss']:.4f} |")  # fmt: skip
     best_single = result.metrics["methods"]["best"]["nested_cv_accuracy"]
-    chosen = result.metrics["submission"]
+    best_accuracy = result.metrics["backbones"][result.best_backbone]["accuracy"]
+    chosen = result.metrics["methods"][result.method]
     gain = chosen["nested_cv_accuracy"] - best_single
     lines += [
         "",
@@ -97,7 +98,9 @@ def write_report(folder: Path, *, backbones: list[str], oof_logits: np.ndarray, 
             else " weights "
         )
         + ", ".join(f"{bb} {w:.3f}" for bb, w in result.weights.items())
-        + f". Nested-CV accuracy {chosen['nested_cv_accuracy']:.4f}, {gain:+.4f} against the best single backbone.",
+        + f". Nested-CV accuracy {chosen['nested_cv_accuracy']:.4f}, {gain:+.4f} against the best single backbone,"
+        f" {result.best_backbone} (the highest OOF accuracy, {best_accuracy:.4f}; Kaggle scores accuracy, so log"
+        " loss only breaks ties).",
         *[f"\n**Note:** {note}" for note in result.notes],
         "",
         "## Where it still fails",

@@ -15,6 +15,7 @@ import numpy as np
 from pipeline.atomic import atomic_file
 from pipeline.competition import CLASSES
 from pipeline.errors import PipelineError
+from pipeline.provenance import KEY, Record
 
 _REMAKE = "re-run the stage that writes it (`dvc repro -f <stage>`; `dvc stage list` names them)"
 
@@ -23,8 +24,10 @@ class ScoresError(PipelineError):
     """A scores file is missing, malformed, non-finite, or holds other images than expected."""
 
 
-def save_scores(path: Path, ids: np.ndarray, scores: np.ndarray, dtype: type = np.float32) -> None:
-    """Write `ids` `(n,)` and `scores` `(n, n_classes)` as `dtype`, atomically; refuses non-finite scores."""
+def save_scores(path: Path, ids: np.ndarray, scores: np.ndarray, dtype: type = np.float32,
+                record: Record | None = None) -> None:  # fmt: skip
+    """Write `ids` `(n,)` and `scores` `(n, n_classes)` as `dtype`, with the `record` of what made them (read back
+    by `pipeline.provenance.read_record`), atomically; refuses non-finite scores."""
     with np.errstate(over="ignore"):  # overflow is reported below, with the file and the fix
         stored = np.asarray(scores).astype(dtype)
     _check(path, np.asarray(ids), stored)
@@ -36,7 +39,8 @@ def save_scores(path: Path, ids: np.ndarray, scores: np.ndarray, dtype: type = n
             " (diverged training, or logits beyond float16's range); re-train it with a lower train.lr."
         )
     with atomic_file(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, ids=np.asarray(ids).astype(np.int64), scores=stored)
+        extra = {} if record is None else {KEY: np.array(record.to_json())}
+        np.savez(f, ids=np.asarray(ids).astype(np.int64), scores=stored, **extra)
 
 
 def load_scores(path: Path, expected_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

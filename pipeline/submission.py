@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-import csv
-import json
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.atomic import atomic_file
-from pipeline.competition import CLASSES, id_label_csv_text, read_id_label_csv
+from pipeline.competition import CLASSES, id_label_csv_text, read_csv_rows, read_id_label_csv
 from pipeline.errors import PipelineError
+from pipeline.provenance import Made, Record, file_digest, sidecar, write_record
 
 
 class SubmissionError(PipelineError):
     """A submission does not match sampleSubmission.csv."""
 
 
-def write_submission(path: Path, test_ids: np.ndarray, test_probs: np.ndarray, sample_submission: Path) -> None:
-    """Label each id of `sample_submission` with its most probable class and write the CSV atomically.
+def write_submission(path: Path, test_ids: np.ndarray, test_probs: np.ndarray, sample_submission: Path,
+                     record: Record) -> None:  # fmt: skip
+    """Label each id of `sample_submission` with its most probable class and write the CSV atomically, then its
+    `record` (stage, inputs, facts), to which the CSV's digest and row count are added.
 
     `test_ids` `(n,)` and `test_probs` `(n, n_classes)` may be in any order; every sample id must be among them.
     """
@@ -34,16 +36,15 @@ def write_submission(path: Path, test_ids: np.ndarray, test_probs: np.ndarray, s
     with atomic_file(path) as tmp:
         tmp.write_text(id_label_csv_text(sample_ids, labels))
         check_submission(tmp, sample_submission)
+        digest = file_digest(tmp)
+    facts = {**record.facts, "csv": digest, "rows": len(sample_ids)}
+    write_record(path, dataclasses.replace(record, facts=facts))
 
 
 def check_submission(path: Path, sample_submission: Path) -> int:
     """Check a submission CSV against sampleSubmission.csv: same ids, same order, known labels; returns rows."""
     sample_ids, _ = read_id_label_csv(sample_submission)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
-    except OSError as exc:
-        raise SubmissionError(f"{path}: cannot read it ({exc}); run `dvc repro submission`.") from exc
+    rows = read_csv_rows(path, SubmissionError, "run `dvc repro submission`")
     if not rows or rows[0] != ["id", "label"]:
         raise SubmissionError(f"{path}: the first line must be 'id,label'.")
     body = rows[1:]
@@ -59,19 +60,37 @@ def check_submission(path: Path, sample_submission: Path) -> int:
     return len(body)
 
 
-def submission_message(ensemble_metrics_path: Path) -> str:
-    """The Kaggle submission description: backbones and the ensemble's nested-CV accuracy, from ensemble.json."""
-    try:
-        ensemble_metrics = json.loads(Path(ensemble_metrics_path).read_text())
-    except (OSError, ValueError) as exc:
-        raise SubmissionError(f"{ensemble_metrics_path}: cannot read it ({exc}); run `dvc repro` first.") from exc
-    try:
-        backbones = ", ".join(ensemble_metrics["backbones"])
-        method, accuracy = (ensemble_metrics["submission"][key] for key in ("method", "nested_cv_accuracy"))
-        kind = "logistic-regression stacking" if method == "stacking" else f"{method} softmax"
-        return f"{kind} ensemble of {backbones}; nested-CV accuracy {accuracy:.4f}"
-    except (KeyError, TypeError, ValueError) as exc:
+def check_submittable(path: Path, made: Made) -> str:
+    """Refuse a submission.csv that is not the file its record describes, or that was made from the embedded
+    sample competition; returns the CSV's digest (what the Kaggle description carries)."""
+    digest = file_digest(path)
+    if digest != made.record.facts.get("csv"):
+        raise SubmissionError(f"{path}: is not the file its record {sidecar(path)} describes (edited after the"
+                              " submission stage wrote it); run `dvc repro -f submission`.")  # fmt: skip
+    if made.record.facts.get("data_source") == "sample":
         raise SubmissionError(
-            f"{ensemble_metrics_path}: lacks the ensemble's backbones or submission metrics ({exc!r});"
-            " re-run the ensemble stage (`dvc repro ensemble`)."
+            f"{path}: was made from the embedded sample competition (data.source: sample, the offline demo), not"
+            " Kaggle's images; nothing to send. Set data.source to kaggle (or local with Kaggle's zip), `git"
+            " checkout params.yaml` after a demo, and run `dvc repro`."
+        )
+    return digest
+
+
+def submission_message(made: Made, digest: str) -> str:
+    """The Kaggle submission description: the ensemble (method, backbones, nested-CV accuracy) the record says
+    the file was made from, and the file's short digest, by which a re-run finds it among your submissions."""
+    facts = made.record.facts
+    try:
+        method, backbones, accuracy = (facts[key] for key in ("method", "backbones", "nested_cv_accuracy"))
+    except KeyError as exc:
+        raise SubmissionError(
+            f"{made.path}: its record lacks the ensemble's method, backbones or nested-CV accuracy ({exc}); re-run the"
+            " ensemble and submission stages (`dvc repro -f ensemble submission`)."
         ) from exc
+    kind = "logistic-regression stacking" if method == "stacking" else f"{method} softmax"
+    return f"{kind} ensemble of {', '.join(backbones)}; nested-CV accuracy {accuracy:.4f} {digest_tag(digest)}"
+
+
+def digest_tag(digest: str) -> str:
+    """`[csv 0123456789ab]`: a file's mark in its Kaggle description."""
+    return f"[csv {digest[:12]}]"

@@ -40,10 +40,12 @@ from pipeline.folds import Split
 from pipeline.head_init import init_head_from_probe
 from pipeline.inference import predict_feature_logits, predict_logits
 from pipeline.metrics import logits_metrics
-from pipeline.models import normalisation, save_checkpoint
+from pipeline.models import normalisation, save_checkpoint, weights_digest
+from pipeline.provenance import Record, arrays_digest
 from pipeline.recipe import Recipe, build_recipe, set_head_only
 from pipeline.scores import save_scores
 
+_RANK_SEED_STRIDE = 1_000_003  # process k draws drop-path masks from another seed than process 0
 SYNC_EVERY = 50  # updates between the host's reads of the loss (each read waits for the device)
 
 log = logging.getLogger(__name__)
@@ -58,16 +60,20 @@ class FoldResult:
     is_main: bool = True  # under torchrun, only the main process's result is saved
     resume_path: Path | None = None  # removed by `save` once every output is in place
 
-    def save(self, *, model_path: Path, oof_path: Path, backbone: str, valid_ids: np.ndarray, image_size: int) -> None:
-        """Checkpoint and OOF logits with their ids (metrics and curves went to the stage's `on_epoch` logger).
+    def save(self, *, model_path: Path, oof_path: Path, backbone: str, valid_ids: np.ndarray, image_size: int,
+             record: Record) -> None:  # fmt: skip
+        """Checkpoint and OOF logits with their ids (metrics and curves went to the stage's `on_epoch` logger), both
+        with `record` (stage, settings, inputs), whose facts become a digest of the weights and the OOF logits.
 
         The resume file goes last, so a failure while saving keeps the trained fold. A no-op in torchrun's
         other processes, so that one process writes each output.
         """
         if not self.is_main:
             return
-        save_scores(oof_path, valid_ids, self.oof_logits)  # first: it refuses non-finite logits
-        save_checkpoint(model_path, self.model, backbone, image_size)
+        facts = {"weights": weights_digest(self.model), "oof_logits": arrays_digest(self.oof_logits)}
+        record = dataclasses.replace(record, facts=facts)  # the same record in both files: one training run
+        save_scores(oof_path, valid_ids, self.oof_logits, record=record)  # first: it refuses non-finite logits
+        save_checkpoint(model_path, self.model, backbone, image_size, record=record)
         if self.resume_path is not None:
             Path(self.resume_path).unlink(missing_ok=True)
 
@@ -85,12 +91,13 @@ def train_one_fold(
 ) -> FoldResult:
     """Fine-tune timm `backbone` on `split`; returns the kept model, its OOF logits (`tta` views), metrics, curves.
 
-    `name` (e.g. "resnet18 fold 0") labels logs and errors. With EMA on, both the raw and the EMA weights are
-    scored on the held-out images every epoch, and the better of the two at the end is the result (the metrics
-    say which). With `resume_path`, training state is saved there after each epoch (by the main process) and
-    picked up from there if it was made with the same settings and split; `FoldResult.save` deletes it once the
-    outputs are written. Under torchrun only the main process's result is meant to be saved. The main process
-    hands each epoch's history row to `on_epoch`, the resumed epochs' rows first.
+    `name` (e.g. "resnet18 fold 0") labels logs and errors. The held-out images are scored after the last epoch
+    (and every `cfg.eval_every` epochs, for the curves), each process scoring its share; with EMA on, both the
+    raw and the EMA weights, and the better of the two at the end is the result (the metrics say which). With
+    `resume_path`, training state is saved there after each epoch (by the main process) and picked up from there
+    if it was made with the same settings and split; `FoldResult.save` deletes it once the outputs are written.
+    Under torchrun only the main process's result is meant to be saved. The main process hands each epoch's
+    history row to `on_epoch`, the resumed epochs' rows first.
     """
     tta = tta or TtaConfig()
     if cfg.cached_features != (split.train_features is not None):
@@ -131,53 +138,65 @@ def train_one_fold(
             f", resuming at epoch {start_epoch + 1}" if start_epoch else "",
         )  # fmt: skip
 
-    def evaluate(model: nn.Module, epochs_done: int) -> np.ndarray:
+    rows = world.shard(len(split.valid_images))  # this process's share of the held-out images
+
+    def evaluate(model: nn.Module, epochs_done: int) -> np.ndarray | None:
+        """Held-out logits of `model` (every process scores its share); None in the processes but the main one."""
         if cfg.cached_features:
             logits = predict_feature_logits(
-                UpperPart(model, cfg.freeze_blocks), split.valid_features, batch_size=cfg.batch_size * 2,
+                UpperPart(model, cfg.freeze_blocks), split.valid_features[rows], batch_size=cfg.batch_size * 2,
                 device=world.device, hflip=tta.hflip, desc=f"{name} valid",
             )  # fmt: skip
         else:
             logits = predict_logits(
-                model, split.valid_images, image_size=cfg.image_size, mean=mean, std=std,
+                model, split.valid_images[rows], image_size=cfg.image_size, mean=mean, std=std,
                 batch_size=cfg.batch_size * 2, device=world.device, hflip=tta.hflip, shift=tta.shift,
                 desc=f"{name} valid",
             )  # fmt: skip
-        if not np.isfinite(logits).all():
+        logits = world.gather_rows(logits)
+        if logits is not None and not np.isfinite(logits).all():
             raise PipelineError(
                 f"{name} epoch {epochs_done}: the logits of the held-out images are not finite; lower"
                 " train.lr (or this backbone's override) and re-run."
             )
         return logits
 
-    def evaluate_both(epochs_done: int) -> dict[str, np.ndarray]:
+    def evaluate_both(epochs_done: int) -> dict[str, np.ndarray | None]:
         """Held-out logits of the raw weights and, with EMA on, of the EMA weights."""
         candidates = {"raw": recipe.model} | ({"ema": recipe.ema.module} if recipe.ema is not None else {})
         return {kind: evaluate(model, epochs_done) for kind, model in candidates.items()}
+
+    def scored_after(epochs_done: int) -> bool:
+        """Held-out scoring costs as many forwards as an epoch of training: at the end, and every `eval_every`."""
+        return epochs_done == cfg.epochs or (cfg.eval_every > 0 and epochs_done % cfg.eval_every == 0)
 
     valid_logits = None
     with logging_redirect_tqdm():
         for epoch in range(start_epoch, cfg.epochs):
             train_loss = train_epoch(recipe, split, cfg, world, epoch, mean, std, name=name)
+            valid_logits = evaluate_both(epoch + 1) if scored_after(epoch + 1) else None
             if world.is_main:
-                valid_logits = evaluate_both(epoch + 1)
                 row = {"epoch": epoch + 1, "lr": recipe.optimizer.param_groups[-1]["lr"], "train_loss": train_loss}
-                for kind, logits in valid_logits.items():
+                for kind, logits in (valid_logits or {}).items():
                     prefix = "valid" if kind == "raw" else "ema_valid"
                     row |= {f"{prefix}_{k}": v for k, v in logits_metrics(logits, split.valid_labels).items()}
                 history.append(row)
                 on_epoch(row)
                 log.info(
-                    "%s epoch %d: lr %.2e train_loss %.4f valid_loss %.4f valid_acc %.4f%s",
-                    name, row["epoch"], row["lr"], row["train_loss"], row["valid_log_loss"], row["valid_accuracy"],
+                    "%s epoch %d: lr %.2e train_loss %.4f%s%s",
+                    name, row["epoch"], row["lr"], row["train_loss"],
+                    f" valid_loss {row['valid_log_loss']:.4f} valid_acc {row['valid_accuracy']:.4f}"
+                    if "valid_accuracy" in row else "",
                     f" ema_valid_loss {row['ema_valid_log_loss']:.4f} ema_valid_acc {row['ema_valid_accuracy']:.4f}"
                     if "ema_valid_accuracy" in row else "",
                 )  # fmt: skip
                 _save_resume(resume_path, recipe.state(), fingerprint, epoch + 1, history)
             world.barrier()
 
-    if valid_logits is None:  # resumed after the last epoch, or not the main process
+    if valid_logits is None:  # resumed after the last epoch: the held-out images are scored once more
         valid_logits = evaluate_both(cfg.epochs)
+    if not world.is_main:  # its share went to the main process, which keeps the result
+        return FoldResult(recipe.model, np.empty((0, 0)), {}, history, is_main=False, resume_path=resume_path)
     scored = {kind: logits_metrics(logits, split.valid_labels) for kind, logits in valid_logits.items()}
     kept = better_weights(scored)
     model = recipe.model if kept == "raw" else recipe.ema.module
@@ -204,7 +223,9 @@ def train_epoch(
     whether any was non-finite: then the stage stops, naming the epoch).
     """
     device = world.device
-    torch.manual_seed(cfg.seed * 1000 + epoch)  # drop path / dropout
+    # drop path / dropout: per sample, so another draw in each process; the shuffle and the augmentation (of the
+    # whole global batch, in every process) stay common
+    torch.manual_seed(cfg.seed * 1000 + epoch + _RANK_SEED_STRIDE * world.rank)
     np.random.seed(cfg.seed * 1000 + epoch)  # timm's Mixup draws from numpy's global generator
     augment_rng = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + epoch)
     order = to_device(np.random.default_rng([cfg.seed, epoch]).permutation(len(split.train_images)), device)

@@ -1,13 +1,14 @@
 """Run one backbone's frozen blocks once over every labelled and test image and its mirror (`train.cached_features`).
 
-Writes `<out>/<backbone>/`: the features and their manifest, or, for a backbone without `cached_features`,
-a manifest saying so (its train and predict stages then read images).
+Writes `<out>/<backbone>/`: the features and their record, or, for a backbone without `cached_features`, a
+record saying so (its train and predict stages then read images).
 """
 
 import argparse
 from pathlib import Path
 
 from pipeline import batches, cli, config, dataset, features, layout
+from pipeline.provenance import record_of
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,15 +22,16 @@ def main(argv: list[str] | None = None) -> None:
     params = config.load_config(args.params)
     backbone = params.backbone(args.backbone)
     folder = layout.backbone_file(args.out, args.backbone, "")
+    data = dataset.load_dataset(args.data)
+    record = record_of(params, f"features@{args.backbone}", data=data.made)
     cfg = backbone.train
     if not cfg.cached_features:
-        features.write_not_cached(folder)
+        features.write_not_cached(folder, record)
         return
-    model = features.initial_model(backbone.model, cfg)
-    data = dataset.load_dataset(args.data)
+    config.check_registries(params)
     features.write_features(
-        folder, backbone.model, model, cfg.freeze_blocks, cfg.image_size, data.train_images, data.test_images,
-        batch_size=params.predict.batch_size, device=batches.pick_device(),
+        folder, features.initial_model(backbone.model, cfg), cfg.freeze_blocks, cfg.image_size, data.train_images,
+        data.test_images, record=record, batch_size=params.predict.batch_size, device=batches.pick_device(),
     )  # fmt: skip
 
 

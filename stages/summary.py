@@ -26,7 +26,8 @@ def summary_lines(timings: Path, metrics_path: Path, submission: Path, since: fl
     try:
         rows = [json.loads(line) for line in timings.read_text().splitlines()]
         metrics = json.loads(metrics_path.read_text())
-        backbones, chosen = metrics["backbones"], metrics["submission"]
+        backbones, method = metrics["backbones"], metrics["submitted"]
+        chosen = {"method": method, **metrics["methods"][method]}
     except (OSError, ValueError, KeyError) as exc:
         raise PipelineError(f"cannot summarise the run ({exc}); did it finish? Re-run `make demo`.") from exc
     per_stage: dict[str, list[float]] = defaultdict(list)

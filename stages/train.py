@@ -1,8 +1,10 @@
 """Fine-tune one timm backbone on one CV fold; save its weights and out-of-fold logits, log metrics and curves.
 
 Runs as one process, or, with `launcher.nproc_per_node` > 1 in params.yaml, re-launches itself as that many
-DDP processes under `torchrun --standalone`. Across machines, start it with torchrun yourself
-(`torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=host0:29500 -m stages.train ...`).
+DDP processes under `torchrun --standalone`. Across machines, start it with torchrun yourself:
+`torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=host0:29500 -m stages.train
+--backbone <name> --fold <k> --data artifacts/data --folds artifacts/folds.csv --features artifacts/features
+--models artifacts/models --oof artifacts/oof --live artifacts/live` (dvc.yaml's train command).
 """
 
 import argparse
@@ -10,7 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import cli, config, dataset, distributed, features, fold_log, folds, layout, models, training
+from pipeline import cli, config, dataset, distributed, features, fold_log, folds, layout, training
+from pipeline.provenance import made_by, record_of
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,8 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backbone", required=True, help="a name listed in params.yaml's backbones")
     parser.add_argument("--fold", type=int, required=True)
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--folds", type=Path, required=True)
-    parser.add_argument("--features", type=Path, required=True, help="reads <features>/<backbone>/ if cached")
+    parser.add_argument("--folds", type=Path, required=True, help="folds.csv, its record beside it")
+    parser.add_argument("--features", type=Path, required=True, help="reads <features>/<backbone>/")
     parser.add_argument("--models", type=Path, required=True, help="writes <models>/<backbone>/fold<k>.safetensors")
     parser.add_argument("--oof", type=Path, required=True, help="writes <oof>/<backbone>/fold<k>.npz")
     parser.add_argument("--live", type=Path, required=True, help="DVCLive folder <live>/<backbone>/fold<k>/")
@@ -29,20 +32,22 @@ def main(argv: list[str] | None = None) -> None:
 
     params = config.load_config(args.params)
     backbone = params.backbone(args.backbone)  # before any data is read
-    models.check_model_name(backbone.model)
+    config.check_registries(params)
     torchrun = distributed.torchrun_command(params.launcher.nproc_per_node, "stages.train", argv)
     if torchrun is not None:
         raise SystemExit(subprocess.run(torchrun).returncode)
     cfg = backbone.train
     data = dataset.load_dataset(args.data)
-    fold_of_image = folds.read_folds(args.folds, data.train_labels, params.cv.n_folds)
+    fold_of_image, made_folds = folds.load_folds(args.folds, data.train_labels, params, data.made)
+    feature_folder = layout.backbone_file(args.features, args.backbone, "")
+    made_features = made_by(feature_folder, params, f"features@{args.backbone}", data=data.made)
     cached = None
-    if cfg.cached_features:  # made by features@<backbone> from these images, settings and frozen weights
-        cached = features.load_backbone_features(
-            layout.backbone_file(args.features, args.backbone, ""), backbone.model, cfg, data.train_images,
-            data.test_images, pretrained_frozen=True,
-        ).train  # fmt: skip
+    if cfg.cached_features:  # made from the frozen weights this stage starts from
+        start = features.frozen_digest(features.initial_model(backbone.model, cfg), cfg.freeze_blocks)
+        cached = features.load_features(made_features, frozen_weights=start).train
     split = folds.split_fold(data.train_images, data.train_labels, fold_of_image, args.fold, cached)
+    record = record_of(params, f"train@{args.backbone}-{args.fold}", data=data.made, folds=made_folds,
+                       features=made_features)  # fmt: skip
     model_path = layout.fold_file(args.models, args.backbone, args.fold, ".safetensors")
     world = distributed.join_world()  # one process, or one of torchrun's
     try:
@@ -55,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
             log.finish(result.metrics)
         result.save(
             model_path=model_path, oof_path=layout.fold_file(args.oof, args.backbone, args.fold, ".npz"),
-            backbone=backbone.model, valid_ids=split.valid_ids, image_size=cfg.image_size,
+            backbone=backbone.model, valid_ids=split.valid_ids, image_size=cfg.image_size, record=record,
         )  # fmt: skip
     finally:
         distributed.leave_world()

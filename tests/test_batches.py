@@ -1,6 +1,7 @@
 import logging
 
 import numpy as np
+import pytest
 import torch
 
 from pipeline.batches import autocast_dtype, pick_device, random_crop_flip, to_device, to_model_input
@@ -60,6 +61,7 @@ def test_a_cuda_build_that_finds_no_gpu_says_so_once_and_uses_the_cpu(monkeypatc
     batches._warn_no_gpu.cache_clear()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", "12.4")
+    monkeypatch.setattr(batches, "nvidia_driver_present", lambda: True)  # a GPU machine whose driver is too old
     with caplog.at_level(logging.WARNING, logger="pipeline.batches"):
         devices = [batches.pick_device(), batches.pick_device()]
     assert devices == [torch.device("cpu")] * 2
@@ -73,6 +75,38 @@ def test_a_cuda_build_that_finds_no_gpu_says_so_once_and_uses_the_cpu(monkeypatc
     )
 
 
+def test_a_cuda_build_on_a_machine_without_an_nvidia_driver_uses_the_cpu_without_a_warning(
+    monkeypatch, caplog, tmp_path
+):
+    import pipeline.batches as batches
+
+    batches._warn_no_gpu.cache_clear()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(batches, "DRIVER_SIGNS", (str(tmp_path / "no-proc-entry"), str(tmp_path / "no-device")))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    with caplog.at_level(logging.WARNING, logger="pipeline.batches"):
+        assert batches.pick_device() == torch.device("cpu")
+    assert caplog.records == []  # a CPU box (CI, this one): nothing is wrong
+    (tmp_path / "no-device").touch()  # the driver's control device: a GPU machine whose CUDA torch cannot use
+    assert batches.nvidia_driver_present()
+
+
+@pytest.mark.parametrize(
+    ("capability", "dtype", "scaled"),
+    [((6, 0), torch.float16, True), ((7, 0), torch.float16, True), ((7, 5), torch.float16, True),
+     ((8, 0), torch.bfloat16, False), ((8, 9), torch.bfloat16, False), ((9, 0), torch.bfloat16, False)],
+    ids=["P100", "V100", "T4", "A100", "L4", "H100"],
+)  # fmt: skip
+def test_mixed_precision_is_bf16_only_where_the_gpu_computes_it_natively(monkeypatch, capability, dtype, scaled):
+    """The CPU twin of a GPU: its compute capability, as torch reports it. torch's own is_bf16_supported() says
+    True on a T4 (it counts emulation), which would train there in slow emulated bf16 without a GradScaler."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # as on a T4
+    assert autocast_dtype(torch.device("cuda")) == dtype
+    assert (autocast_dtype(torch.device("cuda")) == torch.float16) == scaled  # what build_recipe's GradScaler reads
+
+
 def test_a_cpu_build_uses_the_cpu_without_a_warning_and_a_gpu_is_used_when_found(monkeypatch, caplog):
     import pipeline.batches as batches
 
@@ -83,4 +117,6 @@ def test_a_cpu_build_uses_the_cpu_without_a_warning_and_a_gpu_is_used_when_found
         assert batches.pick_device() == torch.device("cpu")
     assert caplog.records == []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     assert batches.pick_device() == torch.device("cuda")
+    assert torch.backends.cudnn.benchmark  # autotuned in every CUDA process: train, features and predict alike

@@ -13,7 +13,7 @@ def test_csv_round_trips_ids_and_labels(tmp_path):
 
 
 def test_csv_text_refuses_ids_and_labels_of_different_lengths():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="zip.. argument 2 is shorter than argument 1"):
         id_label_csv_text(np.array([1, 2, 3]), np.array([0, 1]))
 
 
@@ -56,17 +56,24 @@ def test_a_line_break_inside_a_quoted_label_is_reported_as_written(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "write",
-    [lambda path: path.mkdir(), lambda path: path.write_bytes(b"id,label\n1,\xff\xfecat\n")],
-    ids=["a directory", "not utf-8"],
+    ("write", "message"),
+    [
+        (lambda path: path.mkdir(), ": cannot read it ("),  # a folder where the file should be
+        (lambda path: path.write_bytes(b"id,label\n1,\xff\xfecat\n"), ": is not UTF-8 text (not UTF-8, byte 11); save"),
+        # what Notepad and Excel's "Unicode text" save: UTF-16 with its byte-order mark
+        (lambda path: path.write_bytes("id,label\n1,cat\n".encode("utf-16")), ": is not UTF-8 text (UTF-16, byte 0)"),
+        # a stray quote opens a field that swallows the rest of the file: csv's "field larger than field limit"
+        (lambda path: path.write_text('id,label\n1,"cat\n' + "2,dog\n" * 30000), ":2: not a valid CSV (field larger"),
+    ],
+    ids=["a directory", "not utf-8", "utf-16", "stray quote"],
 )
-def test_an_unreadable_csv_is_one_clear_error_naming_it(tmp_path, write):
+def test_an_unreadable_csv_is_one_clear_error_naming_it(tmp_path, write, message):
     path = tmp_path / "trainLabels.csv"
     write(path)
     with pytest.raises(CompetitionFileError) as excinfo:
         read_id_label_csv(path)
-    assert str(excinfo.value).startswith(f"{path}: cannot read it (")
-    assert str(excinfo.value).endswith("); re-run the download stage.")
+    assert str(excinfo.value).startswith(f"{path}{message}") and "\n" not in str(excinfo.value)
+    assert str(excinfo.value).endswith("re-run the download stage.")
 
 
 def test_an_id_written_with_unicode_digits_is_refused_not_a_traceback(tmp_path):

@@ -19,16 +19,24 @@ from pipeline.dataset import (
     extract_competition,
     load_dataset,
 )
+from pipeline.provenance import Record, write_record
 from tests.conftest import N_TEST, N_TRAIN
 
 
-def test_extract_writes_memory_mappable_arrays_with_labels_in_id_order(raw_dir, data_dir):
-    data = load_dataset(data_dir)
+def test_extract_writes_memory_mappable_arrays_with_labels_in_id_order(raw_dir, data_dir, tmp_path):
+    # trainLabels.csv shuffled: row order must not matter, only each row's id
+    header, *rows = (raw_dir / "trainLabels.csv").read_text().splitlines()
+    shuffled = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+    (raw_dir / "trainLabels.csv").write_text("\n".join([header, *shuffled]) + "\n")
+    extract_competition(raw_dir, tmp_path / "data")
+    data = load_dataset(tmp_path / "data")
     assert data.train_images.shape == (N_TRAIN, 32, 32, 3) and data.train_images.dtype == np.uint8
     assert data.test_images.shape == (N_TEST, 32, 32, 3)
     assert isinstance(data.train_images, np.memmap)
     ids, labels = read_id_label_csv(raw_dir / "trainLabels.csv")
+    assert not np.array_equal(ids, np.arange(1, N_TRAIN + 1))  # the CSV is not in id order
     assert np.array_equal(data.train_labels[ids - 1], labels)
+    assert np.array_equal(data.train_labels, load_dataset(data_dir).train_labels)  # the same labels as in id order
     assert data.train_images.std() > 20  # real pictures, not zeros
 
 
@@ -132,10 +140,12 @@ def test_blocks_are_reserved_before_decoding(raw_dir, tmp_path, monkeypatch):
 
 
 def write_arrays(folder, train_images, train_labels, test_images):
+    """A data folder as the extract stage writes it: the arrays and the folder's record."""
     folder.mkdir(exist_ok=True)
     np.save(folder / "train_images.npy", train_images)
     np.save(folder / "train_labels.npy", train_labels)
     np.save(folder / "test_images.npy", test_images)
+    write_record(folder, Record("extract", facts={"n_train": len(train_images), "n_test": len(test_images)}))
     return folder
 
 

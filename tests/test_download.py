@@ -2,17 +2,22 @@
 
 import base64
 import http
+import importlib.abc
+import importlib.util
 import json
 import os
 import shutil
+import socket
 import sys
-import types
+import threading
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
 import requests
 from kagglesdk.competitions.types.competition_api_service import (
+    ApiCreateSubmissionRequest,
     ApiCreateSubmissionResponse,
     ApiDownloadDataFilesRequest,
     ApiListSubmissionsRequest,
@@ -21,8 +26,10 @@ from kagglesdk.competitions.types.competition_api_service import (
 from kagglesdk.kaggle_env import get_access_token_from_env
 from kagglesdk.kaggle_http_client import KaggleHttpClient
 from kagglesdk.security.types.oauth_service import IntrospectTokenRequest
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
-from pipeline import kaggle_io
+from pipeline import kaggle_bounds, kaggle_io
 from pipeline.competition import FILES
 from pipeline.config import DataConfig, SampleConfig
 from pipeline.download import DownloadError, fetch_competition, unpack_competition
@@ -67,9 +74,10 @@ def test_folder_missing_a_file_is_rejected(sample_zip, tmp_path):
 
 FAKE_KEY = "fake-kaggle-key-0123456789abcdef"
 FAKE_BASIC = base64.b64encode(f"someone:{FAKE_KEY}".encode()).decode()  # what HTTP Basic auth sends
-# kaggle 2.2.4: KaggleApi.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE and the first line of print_auth_help()
+# kaggle 2.2.5: KaggleApi.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE and the first line of print_auth_help()
 UPLOAD_FAILED = "Could not submit to competition"
 AUTH_HELP = "Authentication required to call the Kaggle API."
+UPLOAD_ID = "SECRET-UPLOAD-ID"  # the capability in a resumable upload URL's query
 # Kaggle's words (HTTP 400 from CreateSubmission) when a team has used up the day's submissions
 DAILY_LIMIT = (
     "Submission not allowed: Your team has used its daily Submission allowance (5) today, please try again"
@@ -131,43 +139,101 @@ def upload_failed(printed: str):
     return submit
 
 
-def install_fake_kaggle(monkeypatch, *, authenticate=None, download=None, submit=None, submissions=()):
-    """Replace `kaggle.api.kaggle_api_extended.KaggleApi` with a fake; returns the list of calls.
+class SilentServer:
+    """A TCP server on 127.0.0.1 that accepts connections and never sends a byte: a Kaggle that never answers.
+    `accepted` counts the connections (each request that times out opens a new one)."""
 
-    At its boundary it behaves as kaggle 2.2.4 does: credentials come from KAGGLE_API_TOKEN (checked with
-    Kaggle), KAGGLE_USERNAME + KAGGLE_KEY or kaggle.json; without any, authenticate() prints kaggle's help and
-    raises SystemExit(1). If VERBOSE or VERBOSE_OUTPUT is set when this runs (kaggle's import), every request is
-    printed by kagglesdk's own code, Authorization header included. `authenticate()`, `download(competition,
-    path)` and `submit(file_name, message, competition)` run where kaggle talks to Kaggle and may raise
-    `http_error(...)` or `network_error()`; `submit` returns what competition_submit returns (by default
-    success), and competition_submissions returns `submissions` (ApiSubmission objects).
+    def __init__(self):
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.05)
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._connections: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                self._connections.append(self._sock.accept()[0])
+            except TimeoutError:
+                continue
+
+    @property
+    def accepted(self) -> int:
+        time.sleep(0.2)  # a connection the kernel completed may wait for accept() a moment
+        return len(self._connections)
+
+    def close(self):
+        self._stop.set()
+        self._thread.join()
+        self._sock.close()
+        for connection in self._connections:  # a client still waiting (a fix reverted) gets EOF and ends
+            connection.close()
+
+
+class Calls(list):
+    """The fake kaggle's calls, in order; `sleeps` holds the seconds kaggle_io's retries would have waited."""
+
+    sleeps: list[float]
+
+
+def install_fake_kaggle(monkeypatch, *, authenticate=None, download=None, submit=None, submissions=(),
+                        never_answer=None):  # fmt: skip
+    """Make `kaggle.api.kaggle_api_extended.KaggleApi` a fake; returns its Calls.
+
+    At its boundary it behaves as kaggle 2.2.5 does: importing it (anything under `kaggle`) runs the package's own
+    `api = KaggleApi(); api.authenticate()`, which prints the help text without credentials and ends in
+    SystemExit(1), caught by kaggle/__init__.py (`except (Exception, SystemExit): pass`); once per fresh import.
+    Credentials come from KAGGLE_API_TOKEN (checked with Kaggle), KAGGLE_USERNAME + KAGGLE_KEY or kaggle.json;
+    without any, authenticate() prints kaggle's help and raises SystemExit(1). If VERBOSE or VERBOSE_OUTPUT is
+    set at import, every request is printed by kagglesdk's own code, Authorization header included.
+    competition_submit reads the file's size and mtime first (a missing file raises FileNotFoundError), then asks
+    to start the upload, uploads, and creates the submission.
+
+    `authenticate()` (each sign-in with a token, not the package's), `download(competition, path)` and
+    `submit(file_name, message, competition)` (the upload and create, after the start) run where kaggle talks to
+    Kaggle and may raise `http_error(...)` or `network_error()`; `submit` returns what competition_submit returns
+    (by default success); competition_submissions returns `submissions` (ApiSubmission objects; or a function
+    of the calls so far that returns them, e.g. one that lists what was submitted).
+    `never_answer` maps steps ("sign-in", "download", "start", "upload", "create", "listing") to the address of a
+    server that never answers (SilentServer.url): that step's request really goes there through `requests`, as
+    kaggle sends it (kagglesdk: `session.send(request, **merge_environment_settings(...))`, no timeout; the
+    upload: its own Session with `HTTPAdapter(max_retries=Retry(total=10, backoff_factor=0.5))`, every error
+    printed and swallowed), so only kaggle_io's bounds end the wait.
     """
-    calls = []
-    verbose = (os.environ.get("VERBOSE") or os.environ.get("VERBOSE_OUTPUT") or "false").lower()
+    calls = Calls()
+    calls.sleeps = []
+    monkeypatch.setattr(kaggle_bounds, "_sleep", calls.sleeps.append)
+    never_answer = never_answer or {}
+    for name in [n for n in os.environ if n.lower() in ("http_proxy", "https_proxy", "all_proxy")]:
+        monkeypatch.delenv(name)  # the never-answering server is on 127.0.0.1, reached directly
 
     class KaggleApi:
         COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE = UPLOAD_FAILED
-        args = ["--verbose"] if verbose in ("1", "true", "yes") else []
+        args: list[str] = []  # set when the module is imported, from VERBOSE and VERBOSE_OUTPUT
 
         def __init__(self):
             self.config_values = {}
 
-        def authenticate(self):
-            calls.append("authenticate")
+        def authenticate(self, _package_level=False):
+            if not _package_level:
+                calls.append("authenticate")
             token, _ = get_access_token_from_env()
             if token:
                 try:
                     request = IntrospectTokenRequest()
                     request.token = token
-                    self._send("security.OAuthService", "IntrospectToken", request, api_token=token)
-                    if authenticate:
+                    self._send("security.OAuthService", "IntrospectToken", request, api_token=token, step="sign-in")
+                    if authenticate and not _package_level:
                         authenticate()
                     self.config_values = {"username": "someone", "token": token}
                     return
                 except requests.HTTPError as exc:
                     if exc.response.status_code not in (400, 403, 404):
                         raise  # kaggle ignores a token Kaggle calls invalid, and raises on anything else
-            elif authenticate:
+            elif authenticate and not _package_level:
                 authenticate()
             self.config_values = _legacy_credentials()
             if not self.config_values:
@@ -178,27 +244,34 @@ def install_fake_kaggle(monkeypatch, *, authenticate=None, download=None, submit
             calls.append(("download", competition))
             request = ApiDownloadDataFilesRequest()
             request.competition_name = competition
-            self._send("competitions.CompetitionApiService", "DownloadDataFiles", request)
+            self._send("competitions.CompetitionApiService", "DownloadDataFiles", request, step="download")
             download(competition, path)
 
         def competition_submit(self, file_name, message, competition, quiet=False, sandbox=False):
             calls.append(("submit", Path(file_name).name, message, competition))
             request = ApiStartSubmissionUploadRequest()
-            request.competition_name, request.file_name = competition, Path(file_name).name
-            self._send("competitions.CompetitionApiService", "StartSubmissionUpload", request)
+            request.competition_name, request.file_name = competition, os.path.basename(file_name)
+            request.content_length = os.path.getsize(file_name)  # as kaggle: before anything is sent
+            request.last_modified_epoch_seconds = int(os.path.getmtime(file_name))
+            self._send("competitions.CompetitionApiService", "StartSubmissionUpload", request, step="start")
             if submit:
                 return submit(file_name, message, competition)
+            if not self._upload(file_name):
+                return submission_response(UPLOAD_FAILED)  # kaggle printed the upload's error
+            create = ApiCreateSubmissionRequest()
+            create.competition_name, create.blob_file_tokens, create.submission_description = competition, "b", message
+            self._send("competitions.CompetitionApiService", "CreateSubmission", create, step="create")
             return submission_response("Successfully submitted to CIFAR-10 - Object Recognition in Images", ref=1)
 
         def competition_submissions(self, competition, **paging):
             calls.append(("submissions", competition))
             request = ApiListSubmissionsRequest()
             request.competition_name = competition
-            self._send("competitions.CompetitionApiService", "ListSubmissions", request)
-            return list(submissions)
+            self._send("competitions.CompetitionApiService", "ListSubmissions", request, step="listing")
+            return list(submissions(calls) if callable(submissions) else submissions)
 
-        def _send(self, service, method, request, api_token=None):
-            """Print the request as the real client does (verbose or not); nothing is sent."""
+        def _send(self, service, method, request, api_token=None, step=None):
+            """Print the request as the real client does (verbose or not); sent only to a never-answering server."""
             client = KaggleHttpClient(
                 verbose="--verbose" in self.args or "-v" in self.args,
                 username=self.config_values.get("username"),
@@ -206,13 +279,56 @@ def install_fake_kaggle(monkeypatch, *, authenticate=None, download=None, submit
                 api_token=api_token or self.config_values.get("token"),
             )
             with client:
-                client._prepare_request(service, method, request)
+                prepared = client._prepare_request(service, method, request)
+                if step in never_answer:
+                    prepared.prepare_url(f"{never_answer[step]}/v1/{service}/{method}", None)
+                    settings = client._session.merge_environment_settings(prepared.url, {}, None, None, None)
+                    client._session.send(prepared, **settings)  # KaggleHttpClient.call's send: no timeout
 
-    module = types.ModuleType("kaggle.api.kaggle_api_extended")
-    module.KaggleApi = KaggleApi
-    for name in ("kaggle", "kaggle.api"):
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    monkeypatch.setitem(sys.modules, "kaggle.api.kaggle_api_extended", module)
+        def _upload(self, file_name) -> bool:
+            """kaggle 2.2.5's upload_complete, to a never-answering server when asked: True if it went up."""
+            if "upload" not in never_answer:
+                return True
+            url = f"{never_answer['upload']}/upload/storage/v1/b/kaggle/o?uploadType=resumable&upload_id={UPLOAD_ID}"
+            try:
+                with open(file_name, "rb", buffering=0) as fp:
+                    session = requests.Session()
+                    adapter = HTTPAdapter(max_retries=Retry(total=10, backoff_factor=0.5))
+                    session.mount("http://", adapter)
+                    session.mount("https://", adapter)
+                    return session.put(url, data=fp).status_code in (200, 201)
+            except Exception as error:
+                print(error)
+                return False
+
+    contents = {"kaggle": {}, "kaggle.api": {}, "kaggle.api.kaggle_api_extended": {"KaggleApi": KaggleApi}}
+
+    class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        """Imports the three fake modules; `kaggle` runs its package-level sign-in, as kaggle/__init__.py does."""
+
+        def find_spec(self, name, path=None, target=None):
+            if name in contents:
+                return importlib.util.spec_from_loader(name, self, is_package=name != "kaggle.api.kaggle_api_extended")
+            return None
+
+        def exec_module(self, module):
+            module.__dict__.update(contents[module.__name__])
+            if module.__name__ == "kaggle.api.kaggle_api_extended":
+                verbose = (os.environ.get("VERBOSE") or os.environ.get("VERBOSE_OUTPUT") or "false").lower()
+                KaggleApi.args = ["--verbose"] if verbose in ("1", "true", "yes") else []
+            if module.__name__ == "kaggle":
+                from kaggle.api.kaggle_api_extended import KaggleApi as api_class  # noqa: PLC0415
+
+                module.api = api_class()
+                try:
+                    module.api.authenticate(_package_level=True)
+                except (Exception, SystemExit):
+                    pass
+
+    monkeypatch.setattr(sys, "meta_path", [Finder(), *sys.meta_path])
+    for name in contents:  # a fresh import each time; the real modules (if loaded) come back after the test
+        monkeypatch.setitem(sys.modules, name, None)
+        del sys.modules[name]
     return calls
 
 
@@ -241,7 +357,7 @@ def test_kaggle_download_success(fake_credentials, monkeypatch, sample_zip, tmp_
     calls = install_fake_kaggle(monkeypatch, download=copy_of(sample_zip))
     fetch_competition(DataConfig(source="kaggle"), tmp_path / "raw")
     assert calls == ["authenticate", ("download", "cifar-10")]
-    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted([*FILES, "source.json"])
+    assert set(FILES) <= {p.name for p in (tmp_path / "raw").iterdir()}
     assert [p.name for p in tmp_path.iterdir()] == ["raw"]  # the temporary download folder is gone
 
 
@@ -319,3 +435,30 @@ def test_interrupted_kaggle_download_leaves_nothing_behind_and_a_rerun_succeeds(
     fetch_competition(DataConfig(source="kaggle"), tmp_path / "raw")
     with zipfile.ZipFile(sample_zip) as z:
         assert (tmp_path / "raw" / "train.7z").read_bytes() == z.read("train.7z")
+
+
+def test_a_replaced_local_zip_is_read_again_and_an_unchanged_one_is_not(sample_zip, tmp_path, caplog):
+    """data.source local: the folder's record holds the zip's size and mtime, so a corrected download at the same
+    data.path (params.yaml unchanged) is unpacked again; the settings stage writes the same identity for DVC."""
+    from pipeline.download import source_identity
+    from pipeline.provenance import read_record
+    from pipeline.sample import write_sample_competition
+
+    zip_path = tmp_path / "cifar-10.zip"
+    shutil.copy(sample_zip, zip_path)
+    data = DataConfig(source="local", path=str(zip_path))
+    fetch_competition(data, tmp_path / "raw")
+    before = (tmp_path / "raw" / "trainLabels.csv").read_bytes()
+    identity = source_identity(data)
+    with caplog.at_level("INFO", logger="pipeline.download"):
+        fetch_competition(data, tmp_path / "raw")
+    assert "nothing to do" in caplog.text and source_identity(data) == identity
+    write_sample_competition(zip_path, 50, 10, seed=3)  # Kaggle's corrected files, downloaded to the same path
+    assert source_identity(data) != identity  # what DVC sees: the settings stage's download.json changes
+    caplog.clear()
+    fetch_competition(data, tmp_path / "raw")
+    assert "nothing to do" not in caplog.text
+    assert (tmp_path / "raw" / "trainLabels.csv").read_bytes() != before
+    assert (tmp_path / "raw" / "trainLabels.csv").read_text().count("\n") == 51
+    facts = read_record(tmp_path / "raw").facts
+    assert facts["source"] == source_identity(data)["source"] and facts["files"]["trainLabels.csv"]["size"] > 0

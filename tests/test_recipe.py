@@ -126,3 +126,16 @@ def test_freezing_more_blocks_than_the_model_has_says_how_many_it_has():
     with pytest.raises(PipelineError, match=r"freeze_blocks is 5, but .* has 4 blocks after its stem"):
         build_recipe("test_resnet", dataclasses.replace(FROZEN_CFG, freeze_blocks=5), 64, World())
     build_recipe("test_resnet", dataclasses.replace(FROZEN_CFG, freeze_blocks=4), 64, World())  # only the head trains
+
+
+def test_the_ema_reaches_its_configured_decay_after_the_first_epoch_and_holds_it():
+    """The default fold: 40,000 images in updates of 128 (313 an epoch), 10 epochs, ema_decay 0.999."""
+    cfg = TrainConfig(weights="scratch", image_size=32, ema_decay=0.999, batch_size=128, epochs=10)
+    ema = build_recipe("test_resnet", cfg, 40_000, World()).ema
+    per_epoch = 313
+    assert ema.get_decay(per_epoch) == pytest.approx(0.999, abs=1e-6)
+    assert ema.get_decay(5 * per_epoch) == 0.999  # mid-run: the configured decay, not timm's warm-up value (0.9970)
+    assert 0.9 < ema.get_decay(per_epoch // 2) < 0.999  # still warming up in the first epoch
+    # another setting gives another run: 0.9995 is reached, not capped by the warm-up at 0.9953 as before
+    other = build_recipe("test_resnet", dataclasses.replace(cfg, ema_decay=0.9995), 40_000, World()).ema
+    assert other.get_decay(5 * per_epoch) == 0.9995 != ema.get_decay(5 * per_epoch)

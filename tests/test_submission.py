@@ -1,10 +1,20 @@
-import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.competition import CLASSES, id_label_csv_text, read_id_label_csv
-from pipeline.submission import SubmissionError, check_submission, submission_message, write_submission
+from pipeline.provenance import Made, Record, file_digest, read_record, sidecar
+from pipeline.submission import (
+    SubmissionError,
+    check_submission,
+    check_submittable,
+    submission_message,
+    write_submission,
+)
+
+RECORD = Record("submission")
 
 
 @pytest.fixture
@@ -17,7 +27,7 @@ def sample_submission(tmp_path):
 def test_rows_follow_the_sample_order_whatever_the_prediction_order(tmp_path, sample_submission):
     ids = np.array([4, 2, 1, 3])
     probs = np.eye(10)[[9, 1, 0, 5]]  # id 4 -> truck, 2 -> automobile, 1 -> airplane, 3 -> dog
-    write_submission(tmp_path / "submission.csv", ids, probs, sample_submission)
+    write_submission(tmp_path / "submission.csv", ids, probs, sample_submission, RECORD)
     assert (tmp_path / "submission.csv").read_text().splitlines() == [
         "id,label", "1,airplane", "2,automobile", "3,dog", "4,truck",
     ]  # fmt: skip
@@ -26,7 +36,7 @@ def test_rows_follow_the_sample_order_whatever_the_prediction_order(tmp_path, sa
 
 def test_a_missing_prediction_is_refused_and_nothing_written(tmp_path, sample_submission):
     with pytest.raises(SubmissionError, match="1 ids have no prediction, the first is id 4") as excinfo:
-        write_submission(tmp_path / "submission.csv", np.array([1, 2, 3]), np.eye(10)[:3], sample_submission)
+        write_submission(tmp_path / "submission.csv", np.array([1, 2, 3]), np.eye(10)[:3], sample_submission, RECORD)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sampleSubmission.csv"]
     assert str(excinfo.value).endswith("the first is id 4; re-run the predict and ensemble stages.")
 
@@ -82,8 +92,17 @@ def test_an_unreadable_submission_says_which_stage_writes_it(tmp_path, sample_su
     with pytest.raises(SubmissionError) as excinfo:
         check_submission(tmp_path / "absent.csv", sample_submission)
     message = str(excinfo.value)
-    assert message.startswith(f"{tmp_path / 'absent.csv'}: cannot read it (")
-    assert message.endswith("); run `dvc repro submission`.")
+    assert message == f"{tmp_path / 'absent.csv'}: not found; run `dvc repro submission`."
+
+
+def test_a_utf16_submission_is_one_line_naming_the_encoding(tmp_path, sample_submission):
+    path = tmp_path / "submission.csv"
+    path.write_bytes("id,label\n1,cat\n2,cat\n3,cat\n4,cat\n".encode("utf-16"))  # Excel's "Unicode text"
+    with pytest.raises(SubmissionError) as excinfo:
+        check_submission(path, sample_submission)
+    assert str(excinfo.value) == (
+        f"{path}: is not UTF-8 text (UTF-16, byte 0); save it as UTF-8, or run `dvc repro submission`."
+    )
 
 
 def test_a_submission_saved_with_a_utf8_bom_and_crlf_is_accepted(tmp_path, sample_submission):
@@ -99,51 +118,62 @@ def test_a_label_is_quoted_in_the_error_exactly_as_the_file_holds_it(tmp_path, s
         check_submission(path, sample_submission)
 
 
-def write_metrics(tmp_path, metrics):
-    path = tmp_path / "ensemble.json"
-    path.write_text(json.dumps(metrics))
-    return path
+def made(**facts):
+    return Made(Path("submission.csv"), Record("submission", facts=facts))
 
 
-def test_submission_message_names_the_backbones_method_and_accuracy(tmp_path):
-    path = write_metrics(
-        tmp_path,
-        {"backbones": ["resnet18", "vit_b_16"], "submission": {"method": "fitted", "nested_cv_accuracy": 0.91236}},
+DIGEST = "0123456789abcdef" * 2
+
+
+def test_submission_message_names_the_backbones_method_accuracy_and_the_files_digest():
+    record = made(backbones=["resnet18", "vit_b_16"], method="fitted", nested_cv_accuracy=0.91236)
+    assert submission_message(record, DIGEST) == (
+        "fitted softmax ensemble of resnet18, vit_b_16; nested-CV accuracy 0.9124 [csv 0123456789ab]"
     )
-    assert submission_message(path) == "fitted softmax ensemble of resnet18, vit_b_16; nested-CV accuracy 0.9124"
 
 
-def test_a_stacking_submission_message_does_not_call_it_a_softmax_average(tmp_path):
-    path = write_metrics(
-        tmp_path, {"backbones": ["a", "b"], "submission": {"method": "stacking", "nested_cv_accuracy": 0.5}}
+def test_a_stacking_submission_message_does_not_call_it_a_softmax_average():
+    record = made(backbones=["a", "b"], method="stacking", nested_cv_accuracy=0.5)
+    assert submission_message(record, DIGEST).startswith("logistic-regression stacking ensemble of a, b;")
+
+
+def test_submission_message_refuses_a_record_without_the_ensemble():
+    with pytest.raises(SubmissionError) as excinfo:
+        submission_message(made(backbones=["a"], nested_cv_accuracy=0.9), DIGEST)
+    assert str(excinfo.value) == (
+        "submission.csv: its record lacks the ensemble's method, backbones or nested-CV accuracy ('method'); re-run"
+        " the ensemble and submission stages (`dvc repro -f ensemble submission`)."
     )
-    assert submission_message(path) == "logistic-regression stacking ensemble of a, b; nested-CV accuracy 0.5000"
+
+
+def test_write_submission_records_the_files_digest_rows_and_what_it_was_made_from(tmp_path, sample_submission):
+    path = tmp_path / "submission.csv"
+    write_submission(path, np.array([1, 2, 3, 4]), np.eye(10)[[0, 1, 2, 3]], sample_submission,
+                     Record("submission", inputs={"probs": "p"}, facts={"method": "fitted"}))  # fmt: skip
+    record = read_record(path)
+    assert record.facts == {"method": "fitted", "csv": file_digest(path), "rows": 4}
+    assert record.inputs == {"probs": "p"} and sidecar(path).is_file()
 
 
 @pytest.mark.parametrize(
-    "metrics",
+    ("facts", "message"),
     [
-        {"submission": {"method": "fitted", "nested_cv_accuracy": 0.9}},
-        {"backbones": ["a"], "submission": {"nested_cv_accuracy": 0.9}},
-        {"backbones": ["a"], "submission": {"method": "fitted"}},
-        {"backbones": ["a"], "method": "fitted", "nested_cv_accuracy": 0.9},
+        ({"data_source": "kaggle"}, None),
+        ({"data_source": "sample"}, "was made from the embedded sample competition (data.source: sample"),
+        ({"data_source": "kaggle", "csv": "edited"}, "is not the file its record"),
     ],
 )
-def test_submission_message_refuses_metrics_without_the_ensemble(tmp_path, metrics):
-    path = write_metrics(tmp_path, metrics)
-    with pytest.raises(SubmissionError) as excinfo:
-        submission_message(path)
-    message = str(excinfo.value)
-    assert message.startswith(f"{path}: lacks the ensemble's backbones or submission metrics (KeyError(")
-    assert message.endswith("); re-run the ensemble stage (`dvc repro ensemble`).")
-
-
-@pytest.mark.parametrize("text", [None, "{not json"])
-def test_submission_message_refuses_a_missing_or_unparsable_metrics_file(tmp_path, text):
-    path = tmp_path / "ensemble.json"
-    if text is not None:
-        path.write_text(text)
-    with pytest.raises(SubmissionError) as excinfo:
-        submission_message(path)
-    message = str(excinfo.value)
-    assert message.startswith(f"{path}: cannot read it (") and message.endswith("); run `dvc repro` first.")
+def test_a_submission_that_is_not_its_records_file_or_comes_from_the_sample_is_not_submittable(
+    tmp_path, sample_submission, facts, message
+):
+    path = tmp_path / "submission.csv"
+    write_submission(path, np.array([1, 2, 3, 4]), np.eye(10)[[0, 1, 2, 3]], sample_submission,
+                     Record("submission", facts=facts))  # fmt: skip
+    record = read_record(path)
+    if "csv" in facts:
+        record = Record("submission", facts={**record.facts, "csv": facts["csv"]})
+    if message is None:
+        assert check_submittable(path, Made(path, record)) == file_digest(path)
+        return
+    with pytest.raises(SubmissionError, match=re.escape(message)):
+        check_submittable(path, Made(path, record))

@@ -13,7 +13,8 @@ import yaml
 
 from pipeline.dataset import load_dataset
 from pipeline.distributed import torchrun_command
-from pipeline.folds import make_folds, write_folds
+from stages import features
+from tests import artifacts
 from tests.test_fold_log import read_curve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,8 +23,9 @@ CURVES = ("lr", "train_loss", "valid_accuracy", "valid_log_loss")
 
 @pytest.fixture
 def fold_inputs(data_dir, tmp_path):
-    data = load_dataset(data_dir)
-    write_folds(tmp_path / "folds.csv", data.train_ids, data.train_labels, make_folds(data.train_labels, 2, seed=0))
+    """The data and folds.csv (cv.folds [0, 1], params.yaml's cv.seed) as their stages write them."""
+    _, cfg = artifacts.params_file(tmp_path, {"backbones": {"a": {"model": "a"}}, "cv": {"folds": [0, 1]}})
+    artifacts.folds_csv(tmp_path / "folds.csv", load_dataset(data_dir), cfg)
     return data_dir, tmp_path / "folds.csv"
 
 
@@ -37,7 +39,11 @@ def params(tmp_path, backbone, nproc_per_node=1, **train) -> Path:
 
 
 def train_cmd(backbone, fold_inputs, out: Path, params_path: Path) -> list[str]:
+    """The train stage's command; its features@ stage's folder is written first, unless a test did."""
     data_dir, folds_csv = fold_inputs
+    if not (out / "features" / backbone).exists():
+        features.main(["--backbone", backbone, "--data", str(data_dir), "--out", str(out / "features"), "--params",
+                       str(params_path)])  # fmt: skip
     return [sys.executable, "-m", "stages.train", "--backbone", backbone, "--fold", "0", "--data", str(data_dir),
             "--folds", str(folds_csv), "--features", str(out / "features"), "--models", str(out), "--oof", str(out),
             "--live", str(out / "live"), "--params", str(params_path)]  # fmt: skip
@@ -69,6 +75,7 @@ def test_sigkill_mid_training_then_rerun_resumes_and_equals_an_uninterrupted_run
     assert np.array_equal(oof(tmp_path / "b"), oof(tmp_path / "a"))
     live = "live/test_resnet/fold0"
     assert sorted(str(p.relative_to(tmp_path / "b")) for p in (tmp_path / "b").rglob("*") if p.is_file()) == [
+        "features/test_resnet/provenance.json",  # features@test_resnet's record (not cached)
         f"{live}/metrics.json", *(f"{live}/plots/metrics/{name}.tsv" for name in CURVES),
         "test_resnet/fold0.npz", "test_resnet/fold0.safetensors",
     ]  # fmt: skip

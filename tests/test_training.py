@@ -1,3 +1,4 @@
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from pipeline.folds import Split, make_folds, split_fold
 from pipeline.host_sync import count_host_syncs
 from pipeline.inference import predict_logits
 from pipeline.models import normalisation
+from pipeline.provenance import Record
 from pipeline.recipe import build_recipe
 from pipeline.sample import write_sample_competition
 from pipeline.training import SYNC_EVERY, better_weights, train_epoch, train_one_fold
@@ -61,7 +63,7 @@ def interrupt_after_epoch(monkeypatch, epochs_done: int) -> None:
 
 def save_outputs(result, folder: Path, split: Split) -> None:
     result.save(model_path=folder / "m.safetensors", oof_path=folder / "oof.npz", backbone="test_resnet",
-                valid_ids=split.valid_ids, image_size=32)  # fmt: skip
+                valid_ids=split.valid_ids, image_size=32, record=Record("train@t-0"))  # fmt: skip
 
 
 def test_killed_run_resumes_and_ends_equal_to_an_uninterrupted_run(tmp_path, monkeypatch, caplog):
@@ -80,8 +82,8 @@ def test_killed_run_resumes_and_ends_equal_to_an_uninterrupted_run(tmp_path, mon
     assert "resuming at epoch 3" in caplog.text
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
     # the curves hold the two epochs before the kill as well: the resume file's history is replayed first
-    assert read_curve(tmp_path / "live", "valid_log_loss") == [
-        (row["epoch"], pytest.approx(row["valid_log_loss"])) for row in uninterrupted.history
+    assert read_curve(tmp_path / "live", "train_loss") == [
+        (row["epoch"], pytest.approx(row["train_loss"])) for row in uninterrupted.history
     ]
     assert np.array_equal(resumed.oof_logits, uninterrupted.oof_logits)
     assert (tmp_path / "b.resume.pt").exists()  # kept until the outputs are written
@@ -113,7 +115,7 @@ def test_a_resume_file_from_another_split_is_not_used(tmp_path, monkeypatch, cap
 )
 def test_a_corrupt_resume_file_warns_and_starts_fresh(tmp_path, caplog, content):
     split = make_split(64, 20)
-    one_epoch = TrainConfig(**{**CFG.__dict__, "epochs": 1})
+    one_epoch = TrainConfig(**{**CFG.__dict__, "epochs": 1, "warmup_epochs": 0})
     path = tmp_path / "x.resume.pt"
     path.write_bytes(content)
     result = train_one_fold("test_resnet", split, one_epoch, CPU, name="x", resume_path=path)
@@ -138,7 +140,7 @@ def test_a_resume_file_whose_state_does_not_fit_starts_fresh_from_a_clean_model(
 
 def test_a_failure_while_saving_keeps_the_resume_file(tmp_path, monkeypatch):
     split = make_split(64, 20)
-    one_epoch = TrainConfig(**{**CFG.__dict__, "epochs": 1})
+    one_epoch = TrainConfig(**{**CFG.__dict__, "epochs": 1, "warmup_epochs": 0})
     result = train_one_fold("test_resnet", split, one_epoch, CPU, name="x", resume_path=tmp_path / "x.resume.pt")
 
     def disk_full(*args, **kwargs):
@@ -161,8 +163,8 @@ def test_non_finite_held_out_logits_stop_training_naming_the_epoch(monkeypatch):
     monkeypatch.setattr(
         pipeline.training, "predict_logits", lambda model, images, **kw: np.full((len(images), 10), np.nan, np.float32)
     )
-    with pytest.raises(PipelineError, match="x fold 0 epoch 1: the logits of the held-out images are not finite"):
-        train_one_fold("test_resnet", make_split(32, 10), CFG, CPU, name="x fold 0")
+    with pytest.raises(PipelineError, match="x fold 0 epoch 3: the logits of the held-out images are not finite"):
+        train_one_fold("test_resnet", make_split(32, 10), CFG, CPU, name="x fold 0")  # scored after epoch 3
 
 
 def test_head_only_epochs_leave_the_backbone_untouched():
@@ -247,6 +249,20 @@ def test_mixup_probability_and_its_last_epochs_off():
     assert not recipe.mixup.mixup_enabled
 
 
+def test_every_micro_batch_is_mixed_when_mixup_is_on(monkeypatch):
+    """timm's Mixup pairs images: an odd batch goes unmixed. The config refuses odd micro-batches per process; the
+    last, partial batch of an epoch is dropped (100 images in updates of 16: 6 updates, not 7 with 4 left)."""
+    cfg = TrainConfig(**{**CFG.__dict__, "batch_size": 16, "accumulate": 2, "mixup": 0.8, "mixup_prob": 1.0})
+    split = make_split(100, 10)
+    recipe = build_recipe("test_resnet", cfg, len(split.train_images), CPU)
+    sizes, real = [], type(recipe.mixup).__call__
+    monkeypatch.setattr(type(recipe.mixup), "__call__", lambda self, x, y: (sizes.append(len(y)), real(self, x, y))[1])
+    train_epoch(recipe, split, cfg, CPU, 0, (0.5,) * 3, (0.5,) * 3, name="t")
+    assert recipe.updates_per_epoch == 6 and sizes == [8] * 12
+    no_mixup = TrainConfig(**{**cfg.__dict__, "mixup": 0.0})
+    assert build_recipe("test_resnet", no_mixup, len(split.train_images), CPU).updates_per_epoch == 7  # all seen
+
+
 def test_an_update_reads_nothing_back_from_the_device():
     """The CPU twin of torch.cuda.set_sync_debug_mode: values read into Python by the loop, counted."""
     cfg = TrainConfig(**{**CFG.__dict__, "batch_size": 4, "accumulate": 2, "mixup": 0.8})
@@ -260,7 +276,7 @@ def test_an_update_reads_nothing_back_from_the_device():
 
 def test_oof_logits_use_the_same_test_time_views_as_predict():
     split = make_split(64, 20)
-    one_epoch = TrainConfig(**{**CFG.__dict__, "epochs": 1})
+    one_epoch = TrainConfig(**{**CFG.__dict__, "epochs": 1, "warmup_epochs": 0})
     tta = TtaConfig(hflip=True, shift=2)
     result = train_one_fold("test_resnet", split, one_epoch, CPU, name="t", tta=tta)
     mean, std = normalisation(result.model)
@@ -296,3 +312,59 @@ def test_torch_compile_trains_like_eager():
         weights.append(recipe.model.state_dict()["fc.weight"].clone())  # the plain model shares the weights
     assert losses[0] == pytest.approx(losses[1], rel=1e-3)
     assert torch.allclose(weights[0], weights[1], atol=1e-4)
+
+
+def counted_scoring(monkeypatch) -> list[int]:
+    """The held-out forwards train_one_fold makes: images x views, one entry per scoring pass."""
+    counts = []
+    real = pipeline.training.predict_logits
+
+    def counting(model, images, **kwargs):
+        counts.append(len(images) * (2 if kwargs.get("hflip", True) else 1))
+        return real(model, images, **kwargs)
+
+    monkeypatch.setattr(pipeline.training, "predict_logits", counting)
+    return counts
+
+
+def test_the_held_out_images_are_scored_once_at_the_end_unless_curves_are_asked_for(monkeypatch):
+    split = make_split(64, 20)
+    counts = counted_scoring(monkeypatch)
+    cfg = TrainConfig(**{**CFG.__dict__, "ema_decay": 0.9})  # 3 epochs, raw and EMA weights
+    result = train_one_fold("test_resnet", split, cfg, CPU, name="t")
+    assert counts == [20 * 2, 20 * 2]  # raw and EMA, 20 images and their mirrors: once, after the last epoch
+    assert ["valid_accuracy" in row for row in result.history] == [False, False, True]
+    counts.clear()
+    every = train_one_fold("test_resnet", split, TrainConfig(**{**cfg.__dict__, "eval_every": 1}), CPU, name="t")
+    assert counts == [20 * 2] * 6 and all("ema_valid_accuracy" in row for row in every.history)
+    np.testing.assert_array_equal(every.oof_logits, result.oof_logits)  # scoring more often changes nothing else
+
+
+@dataclasses.dataclass(frozen=True)
+class SecondOfTwo(World):
+    """Rank 1 of 2, in one process: what it sends to rank 0 is recorded instead (a group of one runs DDP)."""
+
+    sent: list = dataclasses.field(default_factory=list)
+
+    def barrier(self) -> None:
+        pass
+
+    def broadcast_object(self, obj):
+        return None  # rank 0 found no resume file
+
+    def gather_rows(self, array):
+        self.sent.append(array.shape)
+        return None
+
+
+def test_under_ddp_each_process_scores_its_share_once_and_no_process_scores_all(monkeypatch, tmp_path):
+    split = make_split(64, 20)
+    counts = counted_scoring(monkeypatch)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        world = SecondOfTwo(rank=1, size=2)
+        result = train_one_fold("test_resnet", split, TrainConfig(**{**CFG.__dict__, "epochs": 2}), world, name="t")
+    finally:
+        torch.distributed.destroy_process_group()
+    assert counts == [10 * 2] and world.sent == [(10, 10)]  # the second half of the 20, once, handed to rank 0
+    assert not result.is_main and result.oof_logits.size == 0
