@@ -25,7 +25,7 @@ from pipeline.folds import Split
 from pipeline.host import describe_host
 from pipeline.host_sync import count_host_syncs
 from pipeline.inference import predict_logits
-from pipeline.models import normalisation
+from pipeline.models import input_spec
 from pipeline.recipe import build_recipe
 from pipeline.training import train_epoch
 
@@ -46,18 +46,18 @@ def smoke(backbone: str, cfg: TrainConfig, updates: int, world: World) -> dict[s
     valid_images, valid_labels = separable(500, seed=2)
     split = Split(images, labels, valid_images, valid_labels, np.arange(1, 501))
     recipe = build_recipe(backbone, cfg, len(images), world)
-    mean, std = normalisation(recipe.model)
-    train_epoch(recipe, split, cfg, world, 0, mean, std, name=f"{backbone} warm-up", max_updates=2)
+    spec = input_spec(recipe.model)
+    train_epoch(recipe, split, cfg, world, 0, spec, name=f"{backbone} warm-up", max_updates=2)
     if world.device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     with count_host_syncs(world.device) as syncs:
         start = time.perf_counter()
-        train_epoch(recipe, split, cfg, world, 0, mean, std, name=backbone, max_updates=updates)
+        train_epoch(recipe, split, cfg, world, 0, spec, name=backbone, max_updates=updates)
         if world.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-    logits = predict_logits(recipe.model, valid_images, image_size=cfg.image_size, mean=mean, std=std,
+    logits = predict_logits(recipe.model, valid_images, image_size=cfg.image_size, spec=spec,
                             batch_size=cfg.batch_size * 2, device=world.device)  # fmt: skip
     if world.device.type == "cuda":
         peak_mib = torch.cuda.max_memory_allocated() / 2**20

@@ -23,6 +23,7 @@ import torch
 from pipeline.batches import pick_device
 from pipeline.host import describe_host
 from pipeline.inference import predict_logits
+from pipeline.models import input_spec
 
 
 def bare(model: torch.nn.Module, size: int, batch: int, n_images: int, device: torch.device) -> float:
@@ -36,7 +37,7 @@ def bare(model: torch.nn.Module, size: int, batch: int, n_images: int, device: t
 
 
 def ours(model: torch.nn.Module, images: np.ndarray, size: int, batch: int, device: torch.device, hflip: bool) -> float:
-    kwargs = {"image_size": size, "mean": (0.5,) * 3, "std": (0.5,) * 3, "batch_size": batch, "device": device}
+    kwargs = {"image_size": size, "spec": input_spec(model), "batch_size": batch, "device": device}
     predict_logits(model, images[:batch], hflip=hflip, **kwargs)  # warm-up
     start = time.perf_counter()
     predict_logits(model, images, hflip=hflip, **kwargs)

@@ -36,7 +36,7 @@ from sklearn.model_selection import train_test_split
 from pipeline.batches import to_model_input
 from pipeline.competition import CLASSES, ZIP_NAME, read_id_label_csv
 from pipeline.host import describe_host
-from pipeline.models import create_backbone, normalisation
+from pipeline.models import create_backbone, input_spec
 from pipeline.sample import draw_images, write_competition_zip
 from pipeline.scores import load_scores
 
@@ -87,11 +87,11 @@ def build_competition(npz: Path, zip_path: Path, n_heldout: int, n_junk: int, se
 @torch.inference_mode()
 def pooled_features(model: torch.nn.Module, images: np.ndarray, size: int, batch_size: int = 128) -> np.ndarray:
     """`(n, n_features)` global-pooled features at `size` px, the mean of the image's and its mirror's."""
-    mean, std = normalisation(model)
+    spec = input_spec(model)
     chunks = []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(images[start : start + batch_size])
-        views = [to_model_input(v, size, mean, std) for v in (batch, batch.flip(2))]
+        views = [to_model_input(v, size, spec) for v in (batch, batch.flip(2))]
         chunks.append(sum(model.forward_head(model.forward_features(x), pre_logits=True) for x in views) / 2)
     return torch.cat(chunks).numpy()
 

@@ -30,7 +30,7 @@ from pipeline.distributed import join_world
 from pipeline.features import VIEWS, lower_part
 from pipeline.folds import Split
 from pipeline.host import describe_host
-from pipeline.models import normalisation
+from pipeline.models import input_spec
 from pipeline.recipe import build_recipe
 from pipeline.training import train_epoch
 
@@ -74,10 +74,10 @@ def ours(model_name: str, size: int, batch: int, updates: int, extras: bool, fre
         features = rng.normal(size=(n, VIEWS, *shape[1:])).astype(np.float16)
     split = Split(images, labels, images[:1], labels[:1], np.array([1]), features, None if features is None else
                   features[:1])  # fmt: skip
-    mean, std = normalisation(recipe.model)
-    train_epoch(recipe, split, cfg, world, 0, mean, std, name="warm-up", max_updates=1)
+    spec = input_spec(recipe.model)
+    train_epoch(recipe, split, cfg, world, 0, spec, name="warm-up", max_updates=1)
     start = time.perf_counter()
-    train_epoch(recipe, split, cfg, world, 0, mean, std, name="timed", max_updates=updates)
+    train_epoch(recipe, split, cfg, world, 0, spec, name="timed", max_updates=updates)
     return updates * batch / (time.perf_counter() - start)
 
 

@@ -1,4 +1,5 @@
-"""Write a file or a folder under a temporary name and rename it into place only when it is complete."""
+"""Write a file or a folder under a temporary name and rename it into place only when it is complete, after
+checking the disk can hold it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,24 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+
+class DiskSpaceError(PipelineError):
+    """The file system lacks the bytes a stage is about to write."""
+
+
+def check_free_space(folder: Path, n_bytes: int, what: str, rerun: str) -> None:
+    """Refuse before writing anything when the file system of `folder` lacks `n_bytes` (plus 1%) for `what`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    needed, free = int(n_bytes * 1.01), shutil.disk_usage(folder).free
+    if free < needed:
+        raise DiskSpaceError(
+            f"{folder}: {what} need {needed:,} bytes but only {free:,} are free; free {needed - free:,} bytes"
+            f" (e.g. `dvc gc -w` or another disk) and re-run {rerun}."
+        )
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -90,12 +91,30 @@ def random_crop_flip(batch: torch.Tensor, padding: int, generator: torch.Generat
     return torch.where(flip[:, None, None, None], batch.flip(2), batch)
 
 
-def to_model_input(batch: torch.Tensor, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+@dataclass(frozen=True)
+class InputSpec:
+    """What a backbone's pretrained weights expect of its input: the per-channel mean and std (RGB, [0, 1] units),
+    and the interpolation their images were resized with (timm's pretrained config: bicubic for most)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bilinear"
+
+    @classmethod
+    def of(cls, meta: dict) -> InputSpec:
+        """The spec a checkpoint's metadata holds (`pipeline.models.save_checkpoint`)."""
+        return cls(tuple(meta["mean"]), tuple(meta["std"]), meta.get("interpolation", "bilinear"))
+
+
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # what F.interpolate does of timm's names
+
+
+def to_model_input(batch: torch.Tensor, size: int, spec: InputSpec) -> torch.Tensor:
     """`(B, H, W, 3)` uint8 -> `(B, 3, size, size)` normalised floats, channels_last in memory."""
     x = batch.permute(0, 3, 1, 2).to(torch.float32).div_(255)
     if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
-    mean_t, std_t = _channel_constants(tuple(mean), tuple(std), x.device)
+        x = F.interpolate(x, size=(size, size), mode=spec.interpolation, align_corners=False, antialias=False)
+    mean_t, std_t = _channel_constants(tuple(spec.mean), tuple(spec.std), x.device)
     x = (x - mean_t) / std_t
     return x.contiguous(memory_format=torch.channels_last)  # fp32: autocast, where on, lowers precision
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.archive import decode_archive_into, open_archive, read_member_ids
-from pipeline.atomic import atomic_dir
+from pipeline.atomic import atomic_dir, check_free_space
 from pipeline.competition import (
     CLASSES,
     IMAGE_SHAPE,
@@ -79,7 +78,8 @@ def extract_competition(raw_dir: Path, data_dir: Path) -> None:
 
         train_labels = np.empty(len(train_ids), dtype=np.int64)
         train_labels[labelled_ids - 1] = labels
-        _check_free_space(Path(data_dir).parent, (len(train_ids) + len(test_ids)) * np.prod(IMAGE_SHAPE))
+        n_bytes = (len(train_ids) + len(test_ids)) * int(np.prod(IMAGE_SHAPE))
+        check_free_space(Path(data_dir).parent, n_bytes, "the arrays", "the extract stage")
         with atomic_dir(data_dir) as tmp:
             for split, n_images, archive, path in (
                 ("train", len(train_ids), train_archive, train_path),
@@ -143,17 +143,6 @@ def _load_array(path: Path, mmap: bool) -> np.ndarray:
         raise DatasetError(f"{path}: not found; run the extract stage first (`dvc repro extract`).") from exc
     except (OSError, ValueError, EOFError) as exc:  # truncated, not .npy, or an object array
         raise DatasetError(f"{path}: not a readable .npy array ({exc}); {_REMAKE}.") from exc
-
-
-def _check_free_space(folder: Path, n_bytes: int) -> None:
-    """Refuse before writing anything when the file system lacks `n_bytes` (the arrays plus 1%)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    needed, free = int(n_bytes * 1.01), shutil.disk_usage(folder).free
-    if free < needed:
-        raise DatasetError(
-            f"{folder}: the arrays need {needed:,} bytes but only {free:,} are free; free {needed - free:,} bytes"
-            " (e.g. `dvc gc -w` or another disk) and re-run the extract stage."
-        )
 
 
 def _reserve_blocks(path: Path) -> None:

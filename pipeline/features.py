@@ -19,6 +19,7 @@ mirror only; test-time `tta.shift` views cannot be either.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +29,14 @@ from timm.models.efficientnet import EfficientNet
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_dir
-from pipeline.batches import to_device, to_model_input
+from pipeline.atomic import atomic_dir, check_free_space
+from pipeline.batches import InputSpec, to_device, to_model_input
 from pipeline.config import TrainConfig
 from pipeline.errors import PipelineError
-from pipeline.models import create_backbone, normalisation, weights_digest
+from pipeline.models import create_backbone, input_spec, weights_digest
 from pipeline.provenance import Made, Record, write_record
 
+log = logging.getLogger(__name__)
 VIEWS = 2  # the image and its mirror: the flip augmentation while training, the hflip TTA view after
 
 
@@ -95,7 +97,7 @@ def check_model_fits(model: nn.Module, image_size: int, n_blocks: int, features:
 
 @torch.inference_mode()
 def compute_features(
-    lower: nn.Module, images: np.ndarray, out: np.ndarray, *, image_size: int, mean, std, batch_size: int,
+    lower: nn.Module, images: np.ndarray, out: np.ndarray, *, image_size: int, spec: InputSpec, batch_size: int,
     device: torch.device, desc: str,
 ) -> None:  # fmt: skip
     """Write `lower`'s outputs for `images` and their mirrors into `out` (n, 2, C, H, W)."""
@@ -103,7 +105,7 @@ def compute_features(
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False, mininterval=1):
         batch = to_device(images[start : start + batch_size], device)
         for view, pixels in enumerate([batch, batch.flip(2)]):
-            x = lower(to_model_input(pixels, image_size, mean, std)).to(torch.float16)
+            x = lower(to_model_input(pixels, image_size, spec)).to(torch.float16)
             if not torch.isfinite(x).all():
                 raise FeaturesError(
                     f"{desc}: the frozen blocks give features that are not finite in float16 for images"
@@ -119,16 +121,21 @@ def write_features(folder: Path, model: nn.Module, n_blocks: int, image_size: in
     inputs) gets the facts: the counts and the frozen weights' digest."""
     model.to(device).to(memory_format=torch.channels_last)
     lower = lower_part(model, n_blocks).eval()  # before any forward: train mode would update its BN statistics
-    mean, std = normalisation(model)
+    spec = input_spec(model)
     facts = {"cached": True, "n_train": len(train_images), "n_test": len(test_images),
              "frozen_weights": frozen_digest(model, n_blocks)}  # fmt: skip
     with torch.inference_mode():
-        probe = lower(to_model_input(to_device(train_images[:1], device), image_size, mean, std))
+        probe = lower(to_model_input(to_device(train_images[:1], device), image_size, spec))
+    per_image = VIEWS * int(np.prod(probe.shape[1:])) * np.dtype(np.float16).itemsize
+    n_bytes = (len(train_images) + len(test_images)) * per_image
+    log.info("%s: %d + %d images x %d views of %s float16: %.2f GB to write", record.stage, len(train_images),
+             len(test_images), VIEWS, tuple(probe.shape[1:]), n_bytes / 1e9)  # fmt: skip
+    check_free_space(Path(folder).parent, n_bytes, f"{record.stage}'s features", f"`dvc repro {record.stage}`")
     with atomic_dir(folder) as tmp:
         for part, images in (("train", train_images), ("test", test_images)):
             out = np.lib.format.open_memmap(tmp / f"{part}.npy", mode="w+", dtype=np.float16,
                                             shape=(len(images), VIEWS, *probe.shape[1:]))  # fmt: skip
-            compute_features(lower, images, out, image_size=image_size, mean=mean, std=std,
+            compute_features(lower, images, out, image_size=image_size, spec=spec,
                              batch_size=batch_size, device=device, desc=f"{record.stage} {part} features")  # fmt: skip
             out.flush()
             del out

@@ -20,7 +20,7 @@ from pipeline.errors import PipelineError
 from pipeline.features import UpperPart
 from pipeline.folds import Split
 from pipeline.inference import predict_feature_logits, predict_logits
-from pipeline.models import normalisation
+from pipeline.models import input_spec
 
 PROBE_C = 0.1  # LogisticRegression's inverse regularisation (0.1, 0.3 and 1 were within 0.2 points on lite0)
 
@@ -46,8 +46,8 @@ def init_head_from_probe(model: nn.Module, split: Split, cfg: TrainConfig, devic
         x = predict_feature_logits(pooled, split.train_features, batch_size=cfg.batch_size * 2, device=device,
                                    desc="probe features")  # fmt: skip
     else:
-        mean, std = normalisation(model)
-        x = predict_logits(pooled, split.train_images, image_size=cfg.image_size, mean=mean, std=std,
+        spec = input_spec(model)
+        x = predict_logits(pooled, split.train_images, image_size=cfg.image_size, spec=spec,
                            batch_size=cfg.batch_size * 2, device=device, desc="probe features")  # fmt: skip
     classes = np.unique(split.train_labels)
     classifier = model.get_classifier()

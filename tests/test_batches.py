@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.batches import autocast_dtype, pick_device, random_crop_flip, to_device, to_model_input
+from pipeline.batches import InputSpec, autocast_dtype, pick_device, random_crop_flip, to_device, to_model_input
 
 
 def test_crop_without_padding_only_flips_and_flips_about_half():
@@ -38,7 +38,7 @@ def test_same_generator_seed_same_augmentation():
 def test_model_input_is_resized_normalised_and_channels_last():
     batch = torch.full((2, 32, 32, 3), 255, dtype=torch.uint8)
     batch[:, :, :, 1] = 0
-    x = to_model_input(batch, 64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 0.5))
+    x = to_model_input(batch, 64, InputSpec(mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 0.5)))
     assert x.shape == (2, 3, 64, 64)
     assert x.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(x[:, 0], torch.tensor(2.0)) and torch.allclose(x[:, 1], torch.tensor(-1.0))

@@ -10,10 +10,10 @@ import pytest
 
 import pipeline.dataset
 from pipeline.archive import ArchiveError
+from pipeline.atomic import DiskSpaceError, check_free_space
 from pipeline.competition import CompetitionFileError, read_id_label_csv
 from pipeline.dataset import (
     DatasetError,
-    _check_free_space,
     _check_same_ids,
     _reserve_blocks,
     extract_competition,
@@ -111,7 +111,7 @@ def test_too_little_free_space_stops_before_anything_is_written(raw_dir, tmp_pat
     usage = namedtuple("usage", "total used free")
     needed = (N_TRAIN + N_TEST) * 32 * 32 * 3
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12, needed))  # 1% short
-    with pytest.raises(DatasetError, match=f"the arrays need {int(needed * 1.01):,} bytes but only {needed:,} are"):
+    with pytest.raises(DiskSpaceError, match=f"the arrays need {int(needed * 1.01):,} bytes but only {needed:,} are"):
         extract_competition(raw_dir, tmp_path / "out" / "data")
     assert list((tmp_path / "out").iterdir()) == []
 
@@ -159,7 +159,7 @@ def test_images_are_memory_mapped_and_labels_read_into_memory(tmp_path):
 
 
 def test_free_space_check_makes_the_missing_parent_folders(tmp_path):
-    _check_free_space(tmp_path / "a" / "b", 1)
+    check_free_space(tmp_path / "a" / "b", 1, "the arrays", "the extract stage")
     assert (tmp_path / "a" / "b").is_dir()
 
 
@@ -168,10 +168,10 @@ def test_free_space_must_cover_the_arrays_plus_one_percent(tmp_path, monkeypatch
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - free, free))
     if enough:
-        _check_free_space(tmp_path, 1000)
+        check_free_space(tmp_path, 1000, "the arrays", "the extract stage")
         return
-    with pytest.raises(DatasetError) as excinfo:
-        _check_free_space(tmp_path, 1000)
+    with pytest.raises(DiskSpaceError) as excinfo:
+        check_free_space(tmp_path, 1000, "the arrays", "the extract stage")
     assert str(excinfo.value) == (
         f"{tmp_path}: the arrays need 1,010 bytes but only 1,009 are free; free 1 bytes (e.g. `dvc gc -w` or"
         " another disk) and re-run the extract stage."

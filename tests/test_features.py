@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+import pipeline.training
+from pipeline.batches import InputSpec
 from pipeline.config import TrainConfig, TtaConfig
 from pipeline.distributed import World
 from pipeline.features import (
@@ -23,12 +25,13 @@ from pipeline.features import (
 from pipeline.folds import Split
 from pipeline.host_sync import count_host_syncs
 from pipeline.inference import predict_feature_logits, predict_logits
-from pipeline.models import create_backbone, normalisation
+from pipeline.models import create_backbone, input_spec
 from pipeline.provenance import Made, ProvenanceError, Record, expect, read_record
 from pipeline.recipe import build_recipe
 from pipeline.training import SYNC_EVERY, augment, train_epoch, train_one_fold
 from tests.conftest import separable_images
 
+HALF = InputSpec((0.5,) * 3, (0.5,) * 3)  # mean and std of 0.5, bilinear
 CPU = torch.device("cpu")
 MODEL = "test_efficientnet"  # timm's tiny EfficientNet: 5 blocks
 N_BLOCKS = 3
@@ -73,9 +76,9 @@ def test_logits_from_cached_features_equal_the_models_own_on_the_images(tmp_path
     images, _ = separable_images(40)
     features = load_features(cache(tmp_path, model, images[:30], images[30:]))
     assert features.train.shape[:2] == (30, VIEWS) and features.test.shape[:2] == (10, VIEWS)
-    mean, std = normalisation(model)
+    spec = input_spec(model)
     for hflip in (True, False):
-        direct = predict_logits(model, images[30:], image_size=32, mean=mean, std=std, batch_size=8, device=CPU,
+        direct = predict_logits(model, images[30:], image_size=32, spec=spec, batch_size=8, device=CPU,
                                 hflip=hflip)  # fmt: skip
         cached = predict_feature_logits(UpperPart(model, N_BLOCKS), features.test, batch_size=8, device=CPU,
                                         hflip=hflip)  # fmt: skip
@@ -166,8 +169,8 @@ def test_training_on_cached_features_trains_the_upper_blocks_and_its_model_predi
     for key, value in lower_part(result.model, n_blocks).state_dict().items():  # weights and batch norm statistics
         assert torch.equal(value, lower_part(model, n_blocks).state_dict()[key]), key
     # the saved model, run the usual way on the held-out images, gives the OOF logits the ensemble is fitted on
-    mean, std = normalisation(result.model)
-    direct = predict_logits(result.model, split.valid_images, image_size=32, mean=mean, std=std, batch_size=16,
+    spec = input_spec(result.model)
+    direct = predict_logits(result.model, split.valid_images, image_size=32, spec=spec, batch_size=16,
                             device=CPU, hflip=True)  # fmt: skip
     np.testing.assert_allclose(result.oof_logits, direct, rtol=0, atol=2e-2 * np.abs(direct).max())
 
@@ -198,5 +201,41 @@ def test_a_cached_update_reads_nothing_back_from_the_device():
     features = np.random.default_rng(0).normal(size=(480, VIEWS, *shape)).astype(np.float16)
     split = Split(images, labels, images[:1], labels[:1], np.array([1]), features, features[:1])
     with count_host_syncs(CPU) as syncs:
-        train_epoch(recipe, split, cfg, World(), 0, (0.5,) * 3, (0.5,) * 3, name="t")
+        train_epoch(recipe, split, cfg, World(), 0, HALF, name="t")
     assert len(syncs) <= 2 * -(-120 // SYNC_EVERY), syncs  # the loss and its finiteness, once per interval
+
+
+def test_a_cached_epoch_copies_one_batch_of_features_to_the_device_at_a_time(monkeypatch):
+    """At GPU sizes a fold's features are tens of GB (tf_efficientnetv2_s at 224 px, 2 blocks frozen: 24 GB for
+    40,000 images): the device must never be handed the fold."""
+    cfg = dataclasses.replace(CFG, batch_size=8)
+    recipe = build_recipe(MODEL, cfg, 64, World())
+    shape = lower_part(recipe.model, N_BLOCKS)(torch.randn(1, 3, 32, 32)).shape[1:]
+    images, labels = separable_images(64)
+    features = np.random.default_rng(0).normal(size=(64, VIEWS, *shape)).astype(np.float16)
+    split = Split(images, labels, images[:1], labels[:1], np.array([1]), features, features[:1])
+    copied, real = [], pipeline.training.to_device
+    monkeypatch.setattr(pipeline.training, "to_device", lambda array, device: (copied.append(array.nbytes),
+                                                                               real(array, device))[1])  # fmt: skip
+    train_epoch(recipe, split, cfg, World(), 0, HALF, name="t")
+    batch = 8 * features[0].nbytes
+    assert max(copied) == batch and sum(c == batch for c in copied) == 8  # 8 updates of 8 images each
+
+
+def test_the_features_stage_says_how_much_it_writes_and_refuses_a_disk_that_cannot_hold_it(tmp_path, monkeypatch,
+                                                                                           caplog):  # fmt: skip
+    from collections import namedtuple
+
+    import pipeline.atomic
+    from pipeline.atomic import DiskSpaceError
+
+    model = model_with_statistics()
+    images, _ = separable_images(40)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(pipeline.atomic.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    with caplog.at_level("INFO", logger="pipeline.features"), pytest.raises(DiskSpaceError) as excinfo:
+        write_features(tmp_path / "features" / "tiny", model, N_BLOCKS, 32, images[:30], images[30:], batch_size=16,
+                       device=CPU, record=RECORD)  # fmt: skip
+    assert "features@tiny's features need" in str(excinfo.value) and "but only 1,000 are free" in str(excinfo.value)
+    assert "features@tiny: 30 + 10 images x 2 views of" in caplog.text and "GB to write" in caplog.text
+    assert not (tmp_path / "features").exists() or list((tmp_path / "features").iterdir()) == []

@@ -15,7 +15,7 @@ from pipeline.distributed import World
 from pipeline.features import load_features, write_features
 from pipeline.folds import Split
 from pipeline.head_init import PROBE_C, PooledFeatures, init_head_from_probe
-from pipeline.models import create_backbone, normalisation
+from pipeline.models import create_backbone, input_spec
 from pipeline.provenance import Record, expect
 from pipeline.recipe import build_recipe
 from pipeline.training import train_one_fold
@@ -35,10 +35,10 @@ def make_split(n_train=120, n_valid=60) -> Split:
 
 def pooled_by_hand(model, images) -> np.ndarray:
     """timm's pre-logits of the image and its mirror, averaged: what the probe is fitted on."""
-    mean, std = normalisation(model)
+    spec = input_spec(model)
     batch = torch.from_numpy(images)
     with torch.no_grad():
-        views = [model.forward_head(model.forward_features(to_model_input(v, 32, mean, std)), pre_logits=True)
+        views = [model.forward_head(model.forward_features(to_model_input(v, 32, spec)), pre_logits=True)
                  for v in (batch, batch.flip(2))]  # fmt: skip
     return ((views[0] + views[1]) / 2).numpy()
 
@@ -63,8 +63,8 @@ def test_pooled_features_from_cached_features_equal_those_from_the_images(tmp_pa
     cached = load_features(expect(tmp_path / "f", "f")).train
     with torch.no_grad():
         from_cache = PooledFeatures(model, 3)(torch.from_numpy(np.array(cached[:, 0])).float()).numpy()
-        mean, std = normalisation(model)
-        from_images = PooledFeatures(model)(to_model_input(torch.from_numpy(images), 32, mean, std)).numpy()
+        spec = input_spec(model)
+        from_images = PooledFeatures(model)(to_model_input(torch.from_numpy(images), 32, spec)).numpy()
     np.testing.assert_allclose(from_cache, from_images, rtol=0, atol=1e-2 * np.abs(from_images).max())
 
 

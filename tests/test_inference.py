@@ -1,11 +1,12 @@
 import numpy as np
 import torch
 
-from pipeline.batches import to_model_input
+from pipeline.batches import InputSpec, to_model_input
 from pipeline.inference import predict_logits, shifted
 from pipeline.models import create_backbone
 
-KW = {"image_size": 32, "mean": (0.5,) * 3, "std": (0.5,) * 3, "device": torch.device("cpu")}
+SPEC = InputSpec((0.5,) * 3, (0.5,) * 3)
+KW = {"image_size": 32, "spec": SPEC, "device": torch.device("cpu")}
 
 
 def test_logits_do_not_depend_on_batch_size_and_hflip_is_the_mean_of_both_views():
@@ -28,7 +29,7 @@ def test_model_sees_the_same_input_as_to_model_input():
     model.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
     images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     predict_logits(model, images, batch_size=2, hflip=False, **KW)
-    expected = to_model_input(torch.from_numpy(images), 32, (0.5,) * 3, (0.5,) * 3)
+    expected = to_model_input(torch.from_numpy(images), 32, SPEC)
     assert torch.equal(seen[0], expected)
 
 

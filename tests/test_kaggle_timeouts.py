@@ -347,7 +347,8 @@ def test_kaggle_timeout_seconds_sets_the_read_or_both_timeouts(monkeypatch, valu
 @pytest.mark.parametrize("value", ["abc", "0", "-1", "1,2,3", "inf", "10,"])
 def test_a_bad_kaggle_timeout_seconds_is_refused_before_anything_is_sent(monkeypatch, tmp_path, value):
     calls = signed_in(monkeypatch, tmp_path, timeout=value)
-    with pytest.raises(kaggle_bounds.TimeoutSettingError, match=rf"^KAGGLE_TIMEOUT_SECONDS='{value}' is not a timeout: give"):
+    refused = rf"^KAGGLE_TIMEOUT_SECONDS='{value}' is not a timeout: give"
+    with pytest.raises(kaggle_bounds.TimeoutSettingError, match=refused):
         kaggle_io.connect()
     assert calls == []
 

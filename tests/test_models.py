@@ -1,3 +1,5 @@
+from copy import deepcopy
+
 import huggingface_hub
 import pytest
 import timm
@@ -103,3 +105,23 @@ def test_backbone_names_that_a_path_or_shell_could_take_are_refused_before_timm_
         with pytest.raises(ConfigError, match="is not a timm model name"):
             check_model_name(name)
     check_model_name("resnet18.a1_in1k")
+
+
+@pytest.mark.parametrize("name", ["test_efficientnet", "test_convnext"])
+def test_the_classifier_computes_in_fp32_under_bf16_autocast_also_in_copies(name):
+    """bf16 logits have steps of 1/32 at |z| in [4, 8): the classifier runs in fp32 while the rest is in bf16."""
+    torch.manual_seed(0)
+    model = create_backbone(name, "scratch").eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+        pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+    head = model.get_classifier()
+    assert logits.dtype == torch.float32  # timm's own classifier gives bf16 under this autocast
+    assert torch.equal(logits, torch.nn.functional.linear(pooled.float(), head.weight, head.bias))
+    copy = deepcopy(model)  # what ModelEmaV3 does: the copy must use its own weights, not the original's
+    with torch.no_grad():
+        copy.get_classifier().weight.zero_()
+        copy.get_classifier().bias.fill_(1.0)
+        assert torch.equal(copy(x), torch.ones(4, 10)) and not torch.equal(model(x), torch.ones(4, 10))
+    assert list(model.state_dict()) == list(timm.create_model(name, num_classes=10).state_dict())  # the same keys

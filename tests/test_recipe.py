@@ -11,6 +11,7 @@ import timm
 import torch
 import yaml
 
+from pipeline.batches import InputSpec
 from pipeline.config import TrainConfig
 from pipeline.distributed import World
 from pipeline.errors import PipelineError
@@ -84,7 +85,7 @@ def one_epoch(cfg: TrainConfig, backbone: str = "test_resnet"):
     split = Split(images[:64], labels[:64], images[64:], labels[64:], np.arange(65, 97))
     recipe = build_recipe(backbone, cfg, len(split.train_images), World())
     before = {k: v.clone() for k, v in recipe.model.state_dict().items()}
-    train_epoch(recipe, split, cfg, World(), 0, (0.5,) * 3, (0.5,) * 3, name="t")
+    train_epoch(recipe, split, cfg, World(), 0, InputSpec((0.5,) * 3, (0.5,) * 3), name="t")
     return recipe, before, recipe.model.state_dict()
 
 

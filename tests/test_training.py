@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import pipeline.training
+from pipeline.batches import InputSpec
 from pipeline.config import TrainConfig, TtaConfig
 from pipeline.dataset import extract_competition, load_dataset
 from pipeline.distributed import World
@@ -16,7 +17,7 @@ from pipeline.fold_log import FoldLog
 from pipeline.folds import Split, make_folds, split_fold
 from pipeline.host_sync import count_host_syncs
 from pipeline.inference import predict_logits
-from pipeline.models import normalisation
+from pipeline.models import input_spec
 from pipeline.provenance import Record
 from pipeline.recipe import build_recipe
 from pipeline.sample import write_sample_competition
@@ -24,6 +25,7 @@ from pipeline.training import SYNC_EVERY, better_weights, train_epoch, train_one
 from tests.conftest import separable_images
 from tests.test_fold_log import read_curve
 
+HALF = InputSpec((0.5,) * 3, (0.5,) * 3)  # mean and std of 0.5, bilinear
 CPU = World()
 CFG = TrainConfig(epochs=3, batch_size=32, lr=3.0e-3, warmup_epochs=1, image_size=32, weights="scratch", seed=0)
 
@@ -172,13 +174,13 @@ def test_head_only_epochs_leave_the_backbone_untouched():
     split = make_split(64, 20)
     recipe = build_recipe("test_resnet", cfg, len(split.train_images), CPU)
     before = {k: v.clone() for k, v in recipe.model.state_dict().items()}
-    train_epoch(recipe, split, cfg, CPU, 0, (0.5,) * 3, (0.5,) * 3, name="t")
+    train_epoch(recipe, split, cfg, CPU, 0, HALF, name="t")
     after = recipe.model.state_dict()
     head = recipe.model.default_cfg["classifier"]
     assert all(torch.equal(before[k], after[k]) for k in before if k.endswith("weight") and "bn" not in k
                and not k.startswith(head))  # fmt: skip
     assert not torch.equal(before[f"{head}.weight"], after[f"{head}.weight"])
-    train_epoch(recipe, split, cfg, CPU, 1, (0.5,) * 3, (0.5,) * 3, name="t")  # epoch 2 trains everything
+    train_epoch(recipe, split, cfg, CPU, 1, HALF, name="t")  # epoch 2 trains everything
     assert not torch.equal(before["conv1.0.weight"], recipe.model.state_dict()["conv1.0.weight"])
 
 
@@ -188,7 +190,7 @@ def test_gradient_accumulation_matches_the_full_batch():
     for accumulate in (1, 4):
         cfg = TrainConfig(**{**CFG.__dict__, "accumulate": accumulate, "crop_padding": 0})
         recipe = build_recipe("test_convnext", cfg, len(split.train_images), CPU)  # LayerNorm: no batch statistics
-        train_epoch(recipe, split, cfg, CPU, 0, (0.5,) * 3, (0.5,) * 3, name="t", max_updates=1)
+        train_epoch(recipe, split, cfg, CPU, 0, HALF, name="t", max_updates=1)
         weights.append(recipe.model.state_dict())
     for key, tensor in weights[0].items():
         assert torch.allclose(tensor, weights[1][key], atol=1e-5), key
@@ -205,8 +207,8 @@ def test_full_recipe_keeps_the_better_of_raw_and_ema_and_says_which():
     assert [set(row) >= {"valid_accuracy", "ema_valid_accuracy", "ema_valid_log_loss"} for row in result.history] == [
         True, True,
     ]  # fmt: skip
-    mean, std = normalisation(result.model)
-    again = predict_logits(result.model, split.valid_images, image_size=32, mean=mean, std=std, batch_size=64,
+    spec = input_spec(result.model)
+    again = predict_logits(result.model, split.valid_images, image_size=32, spec=spec, batch_size=64,
                            device=CPU.device)  # fmt: skip
     assert np.allclose(again, result.oof_logits, atol=1e-5)  # the kept model is the one that made the OOF logits
 
@@ -231,7 +233,7 @@ def test_ema_warm_up_lets_the_first_updates_move_the_average():
     split = make_split(96, 10)
     recipe = build_recipe("test_resnet", cfg, len(split.train_images), CPU)
     initial = {k: v.detach().clone() for k, v in recipe.model.state_dict().items()}
-    train_epoch(recipe, split, cfg, CPU, 0, (0.5,) * 3, (0.5,) * 3, name="t")
+    train_epoch(recipe, split, cfg, CPU, 0, HALF, name="t")
     raw, ema = recipe.model.state_dict(), recipe.ema.module.state_dict()
     head = "fc.weight"
     moved = (ema[head] - initial[head]).norm() / (raw[head] - initial[head]).norm()
@@ -243,9 +245,9 @@ def test_mixup_probability_and_its_last_epochs_off():
     split = make_split(32, 10)
     recipe = build_recipe("test_resnet", cfg, len(split.train_images), CPU)
     assert recipe.mixup.mix_prob == 0.5
-    train_epoch(recipe, split, cfg, CPU, 0, (0.5,) * 3, (0.5,) * 3, name="t", max_updates=1)
+    train_epoch(recipe, split, cfg, CPU, 0, HALF, name="t", max_updates=1)
     assert recipe.mixup.mixup_enabled
-    train_epoch(recipe, split, cfg, CPU, 1, (0.5,) * 3, (0.5,) * 3, name="t", max_updates=1)
+    train_epoch(recipe, split, cfg, CPU, 1, HALF, name="t", max_updates=1)
     assert not recipe.mixup.mixup_enabled
 
 
@@ -257,7 +259,7 @@ def test_every_micro_batch_is_mixed_when_mixup_is_on(monkeypatch):
     recipe = build_recipe("test_resnet", cfg, len(split.train_images), CPU)
     sizes, real = [], type(recipe.mixup).__call__
     monkeypatch.setattr(type(recipe.mixup), "__call__", lambda self, x, y: (sizes.append(len(y)), real(self, x, y))[1])
-    train_epoch(recipe, split, cfg, CPU, 0, (0.5,) * 3, (0.5,) * 3, name="t")
+    train_epoch(recipe, split, cfg, CPU, 0, HALF, name="t")
     assert recipe.updates_per_epoch == 6 and sizes == [8] * 12
     no_mixup = TrainConfig(**{**cfg.__dict__, "mixup": 0.0})
     assert build_recipe("test_resnet", no_mixup, len(split.train_images), CPU).updates_per_epoch == 7  # all seen
@@ -269,7 +271,7 @@ def test_an_update_reads_nothing_back_from_the_device():
     split = make_split(480, 10)  # 120 updates of 2 micro-batches
     recipe = build_recipe("test_resnet", cfg, len(split.train_images), CPU)
     with count_host_syncs(CPU.device) as syncs:
-        train_epoch(recipe, split, cfg, CPU, 0, (0.5,) * 3, (0.5,) * 3, name="t")
+        train_epoch(recipe, split, cfg, CPU, 0, HALF, name="t")
     reads = -(-120 // SYNC_EVERY)  # the loss and its finiteness, once per interval
     assert len(syncs) <= 2 * reads, syncs
 
@@ -279,8 +281,7 @@ def test_oof_logits_use_the_same_test_time_views_as_predict():
     one_epoch = TrainConfig(**{**CFG.__dict__, "epochs": 1, "warmup_epochs": 0})
     tta = TtaConfig(hflip=True, shift=2)
     result = train_one_fold("test_resnet", split, one_epoch, CPU, name="t", tta=tta)
-    mean, std = normalisation(result.model)
-    kw = {"image_size": 32, "mean": mean, "std": std, "batch_size": 64, "device": CPU.device}
+    kw = {"image_size": 32, "spec": input_spec(result.model), "batch_size": 64, "device": CPU.device}
     assert np.allclose(result.oof_logits, predict_logits(result.model, split.valid_images, hflip=True, shift=2, **kw),
                        atol=1e-5)  # fmt: skip
     assert not np.allclose(result.oof_logits, predict_logits(result.model, split.valid_images, shift=0, **kw),
@@ -308,7 +309,7 @@ def test_torch_compile_trains_like_eager():
         cfg = TrainConfig(**{**CFG.__dict__, "batch_size": 16, "compile": compile_model, "warmup_epochs": 0})
         recipe = build_recipe("test_resnet", cfg, len(split.train_images), CPU)
         assert (type(recipe.forward).__name__ == "OptimizedModule") == compile_model
-        losses.append(train_epoch(recipe, split, cfg, CPU, 0, (0.5,) * 3, (0.5,) * 3, name="c", max_updates=2))
+        losses.append(train_epoch(recipe, split, cfg, CPU, 0, HALF, name="c", max_updates=2))
         weights.append(recipe.model.state_dict()["fc.weight"].clone())  # the plain model shares the weights
     assert losses[0] == pytest.approx(losses[1], rel=1e-3)
     assert torch.allclose(weights[0], weights[1], atol=1e-4)
