@@ -66,7 +66,7 @@ def smoke(backbone: str, cfg: TrainConfig, updates: int, world: World) -> dict[s
     return {
         "syncs_per_update": len(syncs) / updates,
         "img_per_s": updates * cfg.batch_size / seconds,
-        "bare_img_per_s": bare(backbone, cfg.image_size, cfg.batch_size, max(3, updates // 4), world.device),
+        "bare_img_per_s": bare(backbone, cfg.image_size, cfg.batch_size, max(3, updates // 4), world),
         "peak_mib": peak_mib,
         "accuracy": float((logits.argmax(1) == valid_labels).mean()),
     }

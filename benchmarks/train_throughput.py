@@ -18,15 +18,16 @@ cached    `frozen` on cached outputs of those blocks (--cached-features, as trai
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import numpy as np
-import timm
 import torch
-from timm.optim import create_optimizer_v2
+import torch.nn.functional as F
 
+from pipeline.batches import autocast_dtype, synchronize
 from pipeline.config import TrainConfig
-from pipeline.distributed import join_world
+from pipeline.distributed import World, join_world
 from pipeline.features import VIEWS, lower_part
 from pipeline.folds import Split
 from pipeline.host import describe_host
@@ -35,23 +36,32 @@ from pipeline.recipe import build_recipe
 from pipeline.training import train_epoch
 
 
-def bare(model_name: str, size: int, batch: int, updates: int, device: torch.device) -> float:
-    torch.manual_seed(0)
-    model = timm.create_model(model_name, num_classes=10).to(device).to(memory_format=torch.channels_last).train()
-    optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05)
+def bare(model_name: str, size: int, batch: int, updates: int, world: World) -> float:
+    """img/s of the model's own step as the loop takes it, on one ready batch already on the device: the recipe's
+    optimizer (fused AdamW on CUDA), autocast dtype and GradScaler, and the device synchronised before each clock
+    read. What `train_epoch` adds (data to the device, augmentation, the schedule, the loss's bookkeeping) is what
+    its img/s lacks against this."""
+    cfg = TrainConfig(epochs=1, batch_size=batch, lr=1e-3, image_size=size, weights="scratch", warmup_epochs=0)
+    recipe = build_recipe(model_name, cfg, batch * updates, world)
+    recipe.train_mode()
+    device, amp = world.device, autocast_dtype(world.device)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), device=device)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
 
     def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
-        optimizer.step()
+        recipe.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
+            loss = F.cross_entropy(recipe.forward(x).float(), y, label_smoothing=cfg.label_smoothing)
+        recipe.scaler.scale(loss).backward()
+        recipe.scaler.step(recipe.optimizer)
+        recipe.scaler.update()
 
     step()  # warm-up
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(updates):
         step()
+    synchronize(device)
     return updates * batch / (time.perf_counter() - start)
 
 
@@ -92,13 +102,14 @@ def main() -> None:
     parser.add_argument("--cached-features", action="store_true", help="and on their cached outputs")
     args = parser.parse_args()
 
-    device = join_world().device
+    world = join_world()
+    device = world.device
     if args.cached_features and not args.freeze_blocks:
         parser.error("--cached-features needs --freeze-blocks N")
     runs = {"bare": [], "ours": [], "ours+": []} | ({"frozen": []} if args.freeze_blocks else {})
     runs |= {"cached": []} if args.cached_features else {}
     for _ in range(args.repeats):  # interleaved, so drifting machine load hits all three alike
-        runs["bare"].append(bare(args.model, args.size, args.batch, args.updates, device))
+        runs["bare"].append(bare(args.model, args.size, args.batch, args.updates, world))
         runs["ours"].append(ours(args.model, args.size, args.batch, args.updates, extras=False))
         runs["ours+"].append(ours(args.model, args.size, args.batch, args.updates, extras=True))
         if args.freeze_blocks:
@@ -108,10 +119,12 @@ def main() -> None:
                                        cached=True))  # fmt: skip
     base = float(np.median(runs["bare"]))
     print(f"\n{describe_host()}")
-    print(f"\n{args.model} @ {args.size}px, batch {args.batch}, fp32, channels_last, {device}, "
+    precision = autocast_dtype(device) or "fp32"
+    print(f"\n{args.model} @ {args.size}px, batch {args.batch}, {precision}, channels_last, {device}, "
           f"{torch.get_num_threads()} threads; median of {args.repeats} x {args.updates} updates")  # fmt: skip
     print(f"{'loop':<40} {'img/s':>8} {'x bare':>7}")
-    labels = {"bare": "bare fwd+bwd+AdamW", "ours": "train_epoch", "ours+": "train_epoch + mixup/cutmix + EMA",
+    labels = {"bare": "bare step (the recipe's optimizer, amp)", "ours": "train_epoch",
+              "ours+": "train_epoch + mixup/cutmix + EMA",
               "frozen": f"train_epoch, stem + {args.freeze_blocks} blocks frozen",
               "cached": "train_epoch on their cached outputs"}  # fmt: skip
     for key, values in runs.items():

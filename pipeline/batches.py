@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,12 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
         return None
     major, _ = torch.cuda.get_device_capability(device)
     return torch.bfloat16 if major >= 8 else torch.float16
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a clock read after it then measures it); nothing to wait for on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -123,3 +130,17 @@ def to_model_input(batch: torch.Tensor, size: int, spec: InputSpec) -> torch.Ten
 def _channel_constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
     """(mean, std) as `(1, 3, 1, 1)` tensors on `device`, made once: a new one per batch is a host-to-device copy."""
     return torch.tensor(mean, device=device).view(1, -1, 1, 1), torch.tensor(std, device=device).view(1, -1, 1, 1)
+
+
+def for_inference(module: nn.Module, compile: bool) -> nn.Module:
+    """`module`, or with `compile` its `torch.compile` with static shapes: inference batches all have one size
+    (`full_batch` pads the last), so it compiles once per module, not once more for the last batch of every pass."""
+    return torch.compile(module, dynamic=False) if compile else module
+
+
+def full_batch(batch: torch.Tensor, batch_size: int, pad: bool) -> tuple[torch.Tensor, int]:
+    """(`batch` padded to `batch_size` rows by repeating its last row, when `pad`; its own row count)."""
+    n = len(batch)
+    if not pad or n == batch_size:
+        return batch, n
+    return torch.cat([batch, batch[-1:].expand(batch_size - n, *batch.shape[1:])]), n

@@ -1,9 +1,10 @@
-"""Train stages side by side, one per device, each through DVC itself (`make train GPUS=0,1,2,3`).
+"""Train and predict stages side by side, one per device, each through DVC itself (`make train GPUS=0,1,2,3`).
 
-Every train stage (one backbone, one fold) is independent of the others, so N devices run N of them at once:
-each worker runs `dvc --wait-for-lock repro --single-item train@<backbone>-<fold>` with `CUDA_VISIBLE_DEVICES`
-set to its device (the stage then sees one GPU, `cuda:0`). DVC releases its repo lock while a stage's command
-runs and takes it again to record the outputs in dvc.lock (read in dvc/stage/decorators.py `unlocked_repo`);
+Every train stage (one backbone, one fold) is independent of the others, and so is every predict stage (one
+backbone), so N devices run N of them at once: each worker runs `dvc --wait-for-lock repro --single-item
+<stage>` with `CUDA_VISIBLE_DEVICES` set to its device (the stage then sees one GPU, `cuda:0`). DVC releases its
+repo lock while a stage's command runs and takes it again to record the outputs in dvc.lock (read in
+dvc/stage/decorators.py `unlocked_repo`);
 without `--wait-for-lock` that second attempt gives up after 3 s ("Unable to acquire lock", dvc/lock.py), which
 can happen while another worker is hashing its outputs. `--wait-for-lock` waits instead; a lock error that
 still escapes (DVC's rwlock guard keeps the 3 s limit) is retried. A stage that is up to date (or in DVC's
@@ -41,12 +42,12 @@ class StageRun:
     log_path: Path
 
 
-def train_stages(repo_root: Path) -> list[str]:
-    """The names of dvc.yaml's train stages (`train@<backbone>-<fold>`), in DVC's order."""
+def stages_of(repo_root: Path, kind: str) -> list[str]:
+    """The names of dvc.yaml's stages of `kind` (`train` -> `train@<backbone>-<fold>`, ...), in DVC's order."""
     from dvc.repo import Repo
 
     with Repo(str(repo_root)) as repo:
-        return [stage.addressing for stage in repo.index.stages if stage.addressing.startswith("train@")]
+        return [stage.addressing for stage in repo.index.stages if stage.addressing.startswith(f"{kind}@")]
 
 
 def repro_command(stage: str) -> list[str]:
@@ -69,7 +70,7 @@ def run_stage(stage: str, device: str, log_dir: Path, cwd: Path) -> StageRun:
     return StageRun(stage, device, returncode, time.monotonic() - start, log_path)
 
 
-def train_in_parallel(stages: Sequence[str], devices: Sequence[str], log_dir: Path, cwd: Path) -> list[StageRun]:
+def run_in_parallel(stages: Sequence[str], devices: Sequence[str], log_dir: Path, cwd: Path) -> list[StageRun]:
     """Run `stages`, at most one per device at a time; returns every run. Raises PipelineError if any failed."""
     if not devices or any(not d or "," in d for d in devices):
         raise PipelineError(f"devices must be one or more CUDA device ids, got {list(devices)}; e.g. GPUS=0,1,2,3.")
@@ -88,12 +89,13 @@ def train_in_parallel(stages: Sequence[str], devices: Sequence[str], log_dir: Pa
         finally:
             free.put(device)
 
+    kinds = "/".join(sorted({stage.split("@")[0] for stage in stages}))  # "train", "predict"
     with ThreadPoolExecutor(max_workers=len(devices)) as pool:
-        runs = list(tqdm(pool.map(on_a_free_device, stages), total=len(stages), desc="train stages", unit="stage"))
+        runs = list(tqdm(pool.map(on_a_free_device, stages), total=len(stages), desc=f"{kinds} stages", unit="stage"))
     failed = [run for run in runs if run.returncode != 0]
     if failed:
         raise PipelineError(
-            f"{len(failed)} of {len(runs)} train stages failed: "
+            f"{len(failed)} of {len(runs)} {kinds} stages failed: "
             + "; ".join(f"{run.stage} (see {run.log_path})" for run in failed)
             + ". Fix the cause and re-run: the stages that finished are kept."
         )

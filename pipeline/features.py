@@ -30,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_dir, check_free_space
-from pipeline.batches import InputSpec, to_device, to_model_input
+from pipeline.batches import InputSpec, for_inference, full_batch, to_device, to_model_input
 from pipeline.config import TrainConfig
 from pipeline.errors import PipelineError
 from pipeline.models import create_backbone, input_spec, weights_digest
@@ -98,25 +98,27 @@ def check_model_fits(model: nn.Module, image_size: int, n_blocks: int, features:
 @torch.inference_mode()
 def compute_features(
     lower: nn.Module, images: np.ndarray, out: np.ndarray, *, image_size: int, spec: InputSpec, batch_size: int,
-    device: torch.device, desc: str,
+    device: torch.device, desc: str, compile: bool = False,
 ) -> None:  # fmt: skip
-    """Write `lower`'s outputs for `images` and their mirrors into `out` (n, 2, C, H, W)."""
+    """Write `lower`'s outputs for `images` and their mirrors into `out` (n, 2, C, H, W); with `compile`, through
+    `torch.compile` (`pipeline.batches.for_inference`)."""
     lower.eval()
+    forward = for_inference(lower, compile)
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False, mininterval=1):
-        batch = to_device(images[start : start + batch_size], device)
+        batch, n = full_batch(to_device(images[start : start + batch_size], device), batch_size, compile)
         for view, pixels in enumerate([batch, batch.flip(2)]):
-            x = lower(to_model_input(pixels, image_size, spec)).to(torch.float16)
+            x = forward(to_model_input(pixels, image_size, spec))[:n].to(torch.float16)
             if not torch.isfinite(x).all():
                 raise FeaturesError(
                     f"{desc}: the frozen blocks give features that are not finite in float16 for images"
-                    f" {start + 1}..{start + len(batch)}; set train.cached_features to false for this backbone."
+                    f" {start + 1}..{start + n}; set train.cached_features to false for this backbone."
                 )
-            out[start : start + len(batch), view] = x.cpu().numpy()
+            out[start : start + n, view] = x.cpu().numpy()
 
 
 def write_features(folder: Path, model: nn.Module, n_blocks: int, image_size: int, train_images: np.ndarray,
-                   test_images: np.ndarray, *, record: Record, batch_size: int,
-                   device: torch.device) -> None:  # fmt: skip
+                   test_images: np.ndarray, *, record: Record, batch_size: int, device: torch.device,
+                   compile: bool = False) -> None:  # fmt: skip
     """`folder`/{provenance.json, train.npy, test.npy}: written whole or not at all. `record` (stage, settings,
     inputs) gets the facts: the counts and the frozen weights' digest."""
     model.to(device).to(memory_format=torch.channels_last)
@@ -135,8 +137,8 @@ def write_features(folder: Path, model: nn.Module, n_blocks: int, image_size: in
         for part, images in (("train", train_images), ("test", test_images)):
             out = np.lib.format.open_memmap(tmp / f"{part}.npy", mode="w+", dtype=np.float16,
                                             shape=(len(images), VIEWS, *probe.shape[1:]))  # fmt: skip
-            compute_features(lower, images, out, image_size=image_size, spec=spec,
-                             batch_size=batch_size, device=device, desc=f"{record.stage} {part} features")  # fmt: skip
+            compute_features(lower, images, out, image_size=image_size, spec=spec, batch_size=batch_size,
+                             device=device, desc=f"{record.stage} {part} features", compile=compile)  # fmt: skip
             out.flush()
             del out
         write_record(tmp, dataclasses.replace(record, facts=facts))

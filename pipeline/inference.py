@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.batches import InputSpec, autocast_dtype, to_device, to_model_input
+from pipeline.batches import InputSpec, autocast_dtype, for_inference, full_batch, to_device, to_model_input
 from pipeline.features import Features, UpperPart, check_model_fits
 from pipeline.models import load_checkpoint
 
@@ -31,44 +31,49 @@ def predict_logits(
     device: torch.device,
     hflip: bool = True,
     shift: int = 0,
+    compile: bool = False,
     desc: str = "predict",
 ) -> np.ndarray:
     """Logits `(n_images, n_classes)` float32 for `(n_images, 32, 32, 3)` uint8 images (a memmap is fine).
 
     The logits are the mean over test-time views: the image, its mirror with `hflip`, and with `shift` > 0
     four more copies moved by `shift` pixels up, down, left and right (edges reflected). Puts `model` in
-    eval mode.
+    eval mode; with `compile`, runs it through `torch.compile` (`for_inference`).
     """
     model.eval()
-    amp = autocast_dtype(device)
+    forward, amp = for_inference(model, compile), autocast_dtype(device)
     chunks = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False, mininterval=1):
-        batch = to_device(images[start : start + batch_size], device)
+        batch, n = full_batch(to_device(images[start : start + batch_size], device), batch_size, compile)
         views = [batch, batch.flip(2)] if hflip else [batch]
         if shift > 0:
             views += [shifted(batch, dy, dx) for dy, dx in ((shift, 0), (-shift, 0), (0, shift), (0, -shift))]
         with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
-            logits = sum(model(to_model_input(v, image_size, spec)).float() for v in views)
-        chunks.append((logits / len(views)).cpu().numpy())
+            logits = sum(forward(to_model_input(v, image_size, spec)).float() for v in views)
+        chunks.append((logits[:n] / len(views)).cpu().numpy())
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
 @torch.inference_mode()
 def predict_feature_logits(
     upper: nn.Module, features: np.ndarray, *, batch_size: int, device: torch.device, hflip: bool = True,
-    desc: str = "predict",
+    compile: bool = False, desc: str = "predict",
 ) -> np.ndarray:  # fmt: skip
     """`predict_logits` from cached features `(n_images, 2, C, H, W)` (the image, its mirror) through `upper`,
     the part of the model above them (`pipeline.features.UpperPart`): the mean over both views with `hflip`."""
     upper.eval()
-    amp = autocast_dtype(device)
+    forward, amp = for_inference(upper, compile), autocast_dtype(device)
     views = 2 if hflip else 1
     chunks = []
     for start in tqdm(range(0, len(features), batch_size), desc=desc, unit="batch", leave=False, mininterval=1):
-        batch = to_device(features[start : start + batch_size, :views], device).float()
+        batch, n = full_batch(
+            to_device(features[start : start + batch_size, :views], device).float(), batch_size, compile
+        )
         with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
-            logits = sum(upper(batch[:, v].contiguous(memory_format=torch.channels_last)).float() for v in range(views))
-        chunks.append((logits / views).cpu().numpy())
+            logits = sum(
+                forward(batch[:, v].contiguous(memory_format=torch.channels_last)).float() for v in range(views)
+            )
+        chunks.append((logits[:n] / views).cpu().numpy())
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
@@ -82,7 +87,7 @@ def shifted(batch: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 def predict_with_checkpoints(
     checkpoints: list[Path], backbone: str, images: np.ndarray, *, batch_size: int, hflip: bool, shift: int,
-    device: torch.device, features: Features | None = None, freeze_blocks: int = 0,
+    device: torch.device, features: Features | None = None, freeze_blocks: int = 0, compile: bool = False,
 ) -> np.ndarray:  # fmt: skip
     """Mean logits `(n_images, n_classes)` of every fold's model of one backbone.
 
@@ -97,12 +102,14 @@ def predict_with_checkpoints(
         if features is None:
             logits = predict_logits(
                 model, images, image_size=meta["image_size"], spec=InputSpec.of(meta),
-                batch_size=batch_size, device=device, hflip=hflip, shift=shift, desc=f"{backbone} {path.stem}",
+                batch_size=batch_size, device=device, hflip=hflip, shift=shift, compile=compile,
+                desc=f"{backbone} {path.stem}",
             )  # fmt: skip
         else:
             check_model_fits(model, meta["image_size"], freeze_blocks, features, path)
             logits = predict_feature_logits(UpperPart(model, freeze_blocks), features.test, batch_size=batch_size,
-                                            device=device, hflip=hflip, desc=f"{backbone} {path.stem}")  # fmt: skip
+                                            device=device, hflip=hflip, compile=compile,
+                                            desc=f"{backbone} {path.stem}")  # fmt: skip
         total = logits if total is None else total + logits
         seconds = time.perf_counter() - start
         n_views = (2 if hflip else 1) + (4 if shift > 0 else 0)

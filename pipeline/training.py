@@ -145,13 +145,13 @@ def train_one_fold(
         if cfg.cached_features:
             logits = predict_feature_logits(
                 UpperPart(model, cfg.freeze_blocks), split.valid_features[rows], batch_size=cfg.batch_size * 2,
-                device=world.device, hflip=tta.hflip, desc=f"{name} valid",
+                device=world.device, hflip=tta.hflip, compile=cfg.compile, desc=f"{name} valid",
             )  # fmt: skip
         else:
             logits = predict_logits(
                 model, split.valid_images[rows], image_size=cfg.image_size, spec=spec,
                 batch_size=cfg.batch_size * 2, device=world.device, hflip=tta.hflip, shift=tta.shift,
-                desc=f"{name} valid",
+                compile=cfg.compile, desc=f"{name} valid",
             )  # fmt: skip
         logits = world.gather_rows(logits)
         if logits is not None and not np.isfinite(logits).all():

@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     features.write_features(
         folder, features.initial_model(backbone.model, cfg), cfg.freeze_blocks, cfg.image_size, data.train_images,
         data.test_images, record=record, batch_size=params.predict.batch_size, device=batches.pick_device(),
+        compile=cfg.compile,
     )  # fmt: skip
 
 

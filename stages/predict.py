@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     train = backbone.train
     logits = inference.predict_with_checkpoints(
         checkpoints, backbone.model, data.test_images, batch_size=cfg.predict.batch_size, hflip=cfg.tta.hflip,
-        shift=cfg.tta.shift, device=batches.pick_device(), freeze_blocks=train.freeze_blocks,
+        shift=cfg.tta.shift, device=batches.pick_device(), freeze_blocks=train.freeze_blocks, compile=train.compile,
         features=features.load_features(made_features) if train.cached_features else None,
     )  # fmt: skip
     record = record_of(cfg, f"predict@{args.backbone}", {"logits": arrays_digest(logits)}, data=data.made,

@@ -1,8 +1,9 @@
-"""Train every backbone and fold side by side, one stage per GPU, through DVC (a command, not a DVC stage).
+"""Train every backbone and fold, then predict every backbone, side by side, one stage per GPU, through DVC (a
+command, not a DVC stage).
 
 `make train GPUS=0,1,2,3` runs: `dvc repro folds features` (data, folds and every backbone's features stage,
-once), then the train stages four at a time,
-each on its own GPU, then `dvc repro` for predict, ensemble and submission. See pipeline/fanout.py.
+once), then the train stages four at a time, each on its own GPU, then the predict stages the same way, then
+`dvc repro` for the ensemble and the submission. See pipeline/fanout.py.
 """
 
 import argparse
@@ -29,7 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     root = args.params.resolve().parent
     devices = [device.strip() for device in args.devices.split(",")]
     _dvc(["repro", "folds", "features"], root)  # what every train stage depends on
-    fanout.train_in_parallel(fanout.train_stages(root), devices, args.logs, root)
+    for kind in ("train", "predict"):  # every predict stage waits for its backbone's folds
+        fanout.run_in_parallel(fanout.stages_of(root, kind), devices, args.logs, root)
     _dvc(["repro"], root)
 
 

@@ -45,7 +45,7 @@ def test_two_workers_train_two_folds_at_once_and_dvc_lock_records_both(tmp_path)
     fold0, fold1 = epoch_times(repo, 0), epoch_times(repo, 1)
     assert len(fold0) == len(fold1) == 3
     assert max(fold0[0], fold1[0]) < min(fold0[-1], fold1[-1]), (fold0, fold1)
-    for stage in TRAIN_STAGES:  # DVC itself ran each stage, on its own device
+    for stage in [*TRAIN_STAGES, "predict@tiny"]:  # DVC itself ran each stage, on its own device: predict too
         log = (repo / "artifacts/logs" / f"{stage}.log").read_text()
         assert f"Running stage '{stage}'" in log
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
@@ -119,7 +119,7 @@ def test_failed_stages_are_named_with_their_logs_after_the_others_ran(tmp_path, 
     calls = fake_dvc(tmp_path, ["boom"])
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     with pytest.raises(fanout.PipelineError) as excinfo:
-        fanout.train_in_parallel(["train@a-0", "train@a-1"], ["0"], tmp_path / "logs", cwd=tmp_path)
+        fanout.run_in_parallel(["train@a-0", "train@a-1"], ["0"], tmp_path / "logs", cwd=tmp_path)
     assert str(excinfo.value) == (
         f"1 of 2 train stages failed: train@a-0 (see {tmp_path / 'logs' / 'train@a-0.log'}). Fix the cause and"
         " re-run: the stages that finished are kept."
@@ -130,4 +130,4 @@ def test_failed_stages_are_named_with_their_logs_after_the_others_ran(tmp_path, 
 @pytest.mark.parametrize("devices", [[], [""], ["0,1"]])
 def test_devices_must_be_single_ids(tmp_path, devices):
     with pytest.raises(fanout.PipelineError, match="devices must be one or more CUDA device ids"):
-        fanout.train_in_parallel(["train@a-0"], devices, tmp_path, cwd=tmp_path)
+        fanout.run_in_parallel(["train@a-0"], devices, tmp_path, cwd=tmp_path)

@@ -48,3 +48,21 @@ def test_shift_views_move_the_image_and_are_averaged():
     views = [batch, batch.flip(2), *(shifted(batch, dy, dx) for dy, dx in ((2, 0), (-2, 0), (0, 2), (0, -2)))]
     expected = np.mean([predict_logits(model, v.numpy(), batch_size=4, hflip=False, **KW) for v in views], axis=0)
     assert np.allclose(with_shift, expected, atol=1e-5)
+
+
+def test_compiled_inference_compiles_once_however_many_images_the_last_batch_holds(monkeypatch):
+    """Static shapes: the last, partial batch is padded to the others' size instead of compiling another graph."""
+    from torch._dynamo.testing import CompileCounter
+
+    import pipeline.batches
+
+    counter, real = CompileCounter(), torch.compile
+    monkeypatch.setattr(pipeline.batches.torch, "compile", lambda module, **kw: real(module, backend=counter, **kw))
+    torch._dynamo.reset()
+    model = create_backbone("test_resnet", "scratch").eval()
+    images = np.random.default_rng(0).integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+    compiled = predict_logits(model, images, batch_size=4, hflip=True, compile=True, **KW)  # batches of 4, 4, 2
+    assert counter.frame_count == 1
+    eager = predict_logits(model, images, batch_size=4, hflip=True, **KW)
+    np.testing.assert_allclose(compiled, eager, atol=1e-5)
+    assert compiled.shape == (10, 10)  # the padding rows are dropped
