@@ -243,3 +243,21 @@ def test_a_missing_or_unparsable_params_yaml_is_rejected(tmp_path, text):
     with pytest.raises(ConfigError) as excinfo:
         load_config(path)
     assert str(excinfo.value).startswith(f"{path}: cannot read it as YAML (")
+
+
+def test_the_committed_params_yaml_sets_every_setting_so_no_default_decides_the_real_job():
+    """The schema holds each setting's type, range and default; the real job states every value, so deleting a
+    line from params.yaml is a visible change, not a silent switch to a default."""
+    import dataclasses as dc
+
+    from pipeline import config
+
+    committed = yaml.safe_load(subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=REPO, capture_output=True,
+                                              text=True, check=True).stdout)  # fmt: skip
+    sections = {"launcher": config.LauncherConfig, "data": config.DataConfig, "cv": config.CvConfig,
+                "train": config.TrainConfig, "tta": config.TtaConfig, "predict": config.PredictConfig,
+                "ensemble": config.EnsembleConfig}  # fmt: skip
+    assert set(sections) | {"backbones"} == set(committed)
+    for name, schema in sections.items():
+        missing = {f.name for f in dc.fields(schema)} - set(committed[name])
+        assert not missing, f"params.yaml:{name} lacks {sorted(missing)}"
