@@ -8,12 +8,15 @@ gradient background with pixel noise. Cat (ring) and dog (disc) are close on pur
 from __future__ import annotations
 
 import io
+import tempfile
 import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import py7zr
 from PIL import Image
+from tqdm import tqdm
 
 from pipeline.competition import (
     CLASSES,
@@ -53,23 +56,26 @@ def write_sample_competition(zip_path: Path, n_train: int, n_test: int, seed: in
     """Write `cifar-10.zip` as Kaggle ships it (train.7z, test.7z, trainLabels.csv, sampleSubmission.csv).
 
     Deterministic in (n_train, n_test, seed). Returns the hidden test labels, `(n_test,)` class indices,
-    which Kaggle would keep to itself; tests use them to score a submission.
+    which Kaggle would keep to itself; tests use them to score a submission. The images are drawn as they are
+    packed, never held all at once: a Kaggle-size sample (50,000 + 300,000) needs no more memory than a small one.
     """
     train_labels = _sample_labels(n_train, seed)
     test_labels = _sample_labels(n_test, seed + 1)
-    train_images = draw_images(train_labels, np.random.default_rng([seed, 1]))
-    write_competition_zip(
-        zip_path, train_images, train_labels, draw_images(test_labels, np.random.default_rng([seed, 2]))
-    )
+    _write_zip(zip_path, _drawn(train_labels, np.random.default_rng([seed, 1])), train_labels,
+               _drawn(test_labels, np.random.default_rng([seed, 2])), n_test)  # fmt: skip
     return test_labels
 
 
 def draw_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """`(n, 32, 32, 3)` uint8 images drawn by `draw_image`, one per class index in `labels`, in order."""
     images = np.empty((len(labels), *IMAGE_SHAPE), dtype=np.uint8)
-    for i, label in enumerate(labels.tolist()):
-        images[i] = draw_image(label, rng)
+    for i, image in enumerate(_drawn(labels, rng)):
+        images[i] = image
     return images
+
+
+def _drawn(labels: np.ndarray, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    return (draw_image(label, rng) for label in labels.tolist())
 
 
 def write_competition_zip(zip_path: Path, train_images: np.ndarray, train_labels: np.ndarray,
@@ -78,12 +84,23 @@ def write_competition_zip(zip_path: Path, train_images: np.ndarray, train_labels
 
     sampleSubmission.csv says `cat` for every test image, as Kaggle's does.
     """
-    with zipfile.ZipFile(Path(zip_path), "w", compression=zipfile.ZIP_STORED) as z:
-        z.writestr(TRAIN_ARCHIVE, _seven_zip("train", train_images))
-        z.writestr(TEST_ARCHIVE, _seven_zip("test", test_images))
-        z.writestr(TRAIN_LABELS, id_label_csv_text(np.arange(1, len(train_images) + 1), train_labels))
-        all_cats = np.full(len(test_images), CLASSES.index("cat"))  # as Kaggle's own sampleSubmission.csv
-        z.writestr(SAMPLE_SUBMISSION, id_label_csv_text(np.arange(1, len(test_images) + 1), all_cats))
+    _write_zip(zip_path, iter(train_images), train_labels, iter(test_images), len(test_images))
+
+
+def _write_zip(zip_path: Path, train_images: Iterable[np.ndarray], train_labels: np.ndarray,
+               test_images: Iterable[np.ndarray], n_test: int) -> None:  # fmt: skip
+    zip_path = Path(zip_path)
+    with tempfile.TemporaryDirectory(dir=zip_path.parent) as tmp, \
+            zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_STORED) as z:  # fmt: skip
+        for name, split, images, n in ((TRAIN_ARCHIVE, "train", train_images, len(train_labels)),
+                                       (TEST_ARCHIVE, "test", test_images, n_test)):  # fmt: skip
+            archive = Path(tmp) / name
+            _seven_zip(archive, split, images, n)
+            z.write(archive, name)
+            archive.unlink()
+        z.writestr(TRAIN_LABELS, id_label_csv_text(np.arange(1, len(train_labels) + 1), train_labels))
+        all_cats = np.full(n_test, CLASSES.index("cat"))  # as Kaggle's own sampleSubmission.csv
+        z.writestr(SAMPLE_SUBMISSION, id_label_csv_text(np.arange(1, n_test + 1), all_cats))
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -93,12 +110,17 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _seven_zip(split: str, images: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    with py7zr.SevenZipFile(buf, "w") as archive:
-        for image_id, image in enumerate(images, start=1):
+# LZMA2 as Kaggle's archives (so extract takes its fast path), at its fastest preset: noisy PNGs do not compress,
+# and at the default preset LZMA spent most of the time of writing a Kaggle-size test.7z looking for matches
+_FILTERS = [{"id": py7zr.FILTER_LZMA2, "preset": 0}]
+
+
+def _seven_zip(path: Path, split: str, images: Iterable[np.ndarray], n: int) -> None:
+    """`path`: a 7z archive of `<split>/<id>.png` members, ids 1..n, written to disk with a progress bar."""
+    with py7zr.SevenZipFile(path, "w", filters=_FILTERS) as archive:
+        for image_id, image in enumerate(tqdm(images, total=n, desc=f"write {split}.7z", unit="img", leave=False,
+                                              mininterval=1, disable=n < 10_000), start=1):  # fmt: skip
             archive.writestr(encode_png(image), f"{split}/{image_id}.png")
-    return buf.getvalue()
 
 
 def _shape_mask(label: int, rng: np.random.Generator) -> np.ndarray:

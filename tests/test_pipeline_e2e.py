@@ -163,6 +163,10 @@ def test_experiments_keep_their_metrics_and_one_backbones_setting_retrains_only_
     assert ensembles["queued"]["submitted"] == ("caruana" if nested["caruana"] >= nested["best"] else "best")
     assert shown["faster"]["params"]["params.yaml"]["data"]["backbones"]["test_efficientnet"]["lr"] == 1.0e-2
 
+    # the table's first figures answer "which experiment scores best": no per-fold columns crowd them out
+    header = sh(repo, "dvc", "exp", "show", "--csv").splitlines()[0].split(",")
+    assert header[5:7] == ["cv_accuracy", "submitted"], header[:8]
+    assert not {"ema_kept", "step", "raw_accuracy"} & set(header), header  # DVCLive's per-fold keys
     changed = sh_json(repo, "dvc", "metrics", "diff", "base", "faster", "--json")["artifacts/metrics/ensemble.json"]
     assert "backbones.test_efficientnet.accuracy" in changed
     assert not any(key.startswith("backbones.tf_efficientnet_lite0.") for key in changed)  # the same metrics
