@@ -1,8 +1,8 @@
 """How every stage process starts and ends: logging set up once, user errors as one line and exit 1.
 
 With `PIPELINE_TIMINGS=<file>` in the environment (`make demo` sets it), each stage also appends one JSON line
-`{"stage": ..., "seconds": ...}` to that file when it succeeds: the wall time of its own work, which
-`python -m stages.summary` prints per stage.
+`{"stage": ..., "seconds": ..., "peak_rss_mb": ...}` to that file when it succeeds: the wall time of its own work
+and the process's peak resident memory, which `python -m stages.summary` and benchmarks/rehearsal.py print.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import gc
 import json
 import logging
 import os
+import resource
 import sys
 import time
 import traceback
@@ -55,6 +56,7 @@ def stage_label(argv: list[str]) -> str:
 
 
 def record_timing(path: Path, stage: str, seconds: float) -> None:
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:  # one short line per write: stages running side by side do not interleave
-        f.write(json.dumps({"stage": stage, "seconds": round(seconds, 1)}) + "\n")
+        f.write(json.dumps({"stage": stage, "seconds": round(seconds, 1), "peak_rss_mb": round(peak_rss_mb)}) + "\n")

@@ -306,7 +306,7 @@ def stage_settings(cfg: Config, stage: str) -> dict:
     if kind in ("extract", "submission"):  # no params: their records list their inputs only
         return {}
     if kind == "download":
-        return flat_settings("data", cfg.data)
+        return source_settings(cfg.data)
     if kind == "folds":
         return flat_settings("cv", cfg.cv)
     if kind == "ensemble":
@@ -321,6 +321,17 @@ def stage_settings(cfg: Config, stage: str) -> dict:
     if kind == "predict":
         return {**common, **flat_settings("predict", cfg.predict)}
     raise ValueError(f"no settings for stage {stage!r}")
+
+
+def source_settings(data: DataConfig) -> dict:
+    """The data settings that choose the competition files: the source, and its path or the sample's size and
+    seed (a sample setting changed while data.source is kaggle downloads nothing again)."""
+    settings = {"data.source": data.source}
+    if data.source == "local":
+        settings["data.path"] = data.path
+    if data.source == "sample":
+        settings |= flat_settings("data.sample", data.sample)
+    return settings
 
 
 def flat_settings(prefix: str, section) -> dict:

@@ -8,14 +8,17 @@ gradient background with pixel noise. Cat (ring) and dog (disc) are close on pur
 from __future__ import annotations
 
 import io
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import py7zr
 from PIL import Image
+from py7zr.helpers import ArchiveTimestamp
 from tqdm import tqdm
 
 from pipeline.competition import (
@@ -55,7 +58,8 @@ def _sample_labels(n: int, seed: int) -> np.ndarray:
 def write_sample_competition(zip_path: Path, n_train: int, n_test: int, seed: int) -> np.ndarray:
     """Write `cifar-10.zip` as Kaggle ships it (train.7z, test.7z, trainLabels.csv, sampleSubmission.csv).
 
-    Deterministic in (n_train, n_test, seed). Returns the hidden test labels, `(n_test,)` class indices,
+    Deterministic in (n_train, n_test, seed), byte for byte (every member stamped with one fixed time, not now):
+    machines that share DVC's run-cache write the same files. Returns the hidden test labels, `(n_test,)` class indices,
     which Kaggle would keep to itself; tests use them to score a submission. The images are drawn as they are
     packed, never held all at once: a Kaggle-size sample (50,000 + 300,000) needs no more memory than a small one.
     """
@@ -96,11 +100,19 @@ def _write_zip(zip_path: Path, train_images: Iterable[np.ndarray], train_labels:
                                        (TEST_ARCHIVE, "test", test_images, n_test)):  # fmt: skip
             archive = Path(tmp) / name
             _seven_zip(archive, split, images, n)
-            z.write(archive, name)
+            with archive.open("rb") as src, z.open(_member(name), "w") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
             archive.unlink()
-        z.writestr(TRAIN_LABELS, id_label_csv_text(np.arange(1, len(train_labels) + 1), train_labels))
+        z.writestr(_member(TRAIN_LABELS), id_label_csv_text(np.arange(1, len(train_labels) + 1), train_labels))
         all_cats = np.full(n_test, CLASSES.index("cat"))  # as Kaggle's own sampleSubmission.csv
-        z.writestr(SAMPLE_SUBMISSION, id_label_csv_text(np.arange(1, n_test + 1), all_cats))
+        z.writestr(_member(SAMPLE_SUBMISSION), id_label_csv_text(np.arange(1, n_test + 1), all_cats))
+
+
+_STAMP = datetime(2013, 10, 1, tzinfo=UTC)  # every member's time: the competition's launch, not now
+
+
+def _member(name: str) -> zipfile.ZipInfo:
+    return zipfile.ZipInfo(name, date_time=_STAMP.timetuple()[:6])
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -115,9 +127,19 @@ def encode_png(image: np.ndarray) -> bytes:
 _FILTERS = [{"id": py7zr.FILTER_LZMA2, "preset": 0}]
 
 
+class _StampedSevenZip(py7zr.SevenZipFile):
+    """py7zr stamps each member written from bytes with the time now; this one with `_STAMP`."""
+
+    @staticmethod
+    def _make_file_info_from_name(bio, size: int, arcname: str) -> dict:
+        info = py7zr.SevenZipFile._make_file_info_from_name(bio, size, arcname)
+        stamp = ArchiveTimestamp.from_datetime(_STAMP.timestamp())
+        return {**info, "creationtime": stamp, "lastwritetime": stamp, "lastaccesstime": stamp}
+
+
 def _seven_zip(path: Path, split: str, images: Iterable[np.ndarray], n: int) -> None:
     """`path`: a 7z archive of `<split>/<id>.png` members, ids 1..n, written to disk with a progress bar."""
-    with py7zr.SevenZipFile(path, "w", filters=_FILTERS) as archive:
+    with _StampedSevenZip(path, "w", filters=_FILTERS) as archive:
         for image_id, image in enumerate(tqdm(images, total=n, desc=f"write {split}.7z", unit="img", leave=False,
                                               mininterval=1, disable=n < 10_000), start=1):  # fmt: skip
             archive.writestr(encode_png(image), f"{split}/{image_id}.png")

@@ -1,5 +1,6 @@
-"""What a run did, in a few lines (a command, not a DVC stage; `make demo` ends with it): the host, wall time per
-stage, OOF accuracy per backbone and of the ensemble (with its nested-CV estimate), where submission.csv is."""
+"""What a run did, in a few lines (a command, not a DVC stage; `make demo` ends with it): the host, wall time and
+peak memory per stage, OOF accuracy per backbone and of the ensemble (with its nested-CV estimate), where
+submission.csv is."""
 
 import argparse
 import json
@@ -30,18 +31,19 @@ def summary_lines(timings: Path, metrics_path: Path, submission: Path, since: fl
         chosen = {"method": method, **metrics["methods"][method]}
     except (OSError, ValueError, KeyError) as exc:
         raise PipelineError(f"cannot summarise the run ({exc}); did it finish? Re-run `make demo`.") from exc
-    per_stage: dict[str, list[float]] = defaultdict(list)
+    per_stage: dict[str, list[dict]] = defaultdict(list)
     for row in rows:  # a backbone's folds add up: "train lite0 fold 1" -> "train lite0 (3 folds)"
-        per_stage[row["stage"].split(" fold ")[0]].append(row["seconds"])
+        per_stage[row["stage"].split(" fold ")[0]].append(row)
     lines = [
         "",
         "── summary " + "─" * 60,
         describe_host(),
-        "wall time per stage (its own work; DVC adds a few s each):",
+        "wall time per stage (its own work; DVC adds a few s each) and its peak resident memory:",
     ]
-    for stage, seconds in per_stage.items():
-        label = f"{stage} ({len(seconds)} folds)" if stage.startswith("train ") else stage
-        lines.append(f"  {label:<34} {sum(seconds):7.0f} s")
+    for stage, runs in per_stage.items():
+        label = f"{stage} ({len(runs)} folds)" if stage.startswith("train ") else stage
+        peak_gb = max(run.get("peak_rss_mb", 0) for run in runs) / 1024
+        lines.append(f"  {label:<34} {sum(run['seconds'] for run in runs):7.0f} s {peak_gb:6.1f} GB")
     if since is not None:
         lines.append(f"  {'total, DVC and install included':<34} {time.time() - since:7.0f} s")
     lines.append("OOF accuracy (held-out folds):")

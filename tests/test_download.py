@@ -379,7 +379,7 @@ def test_a_rerun_with_intact_files_does_nothing_and_a_damaged_folder_is_fetched_
 ):
     calls = install_fake_kaggle(monkeypatch, download=copy_of(sample_zip))
     fetch_competition(DataConfig(source="kaggle"), tmp_path / "raw")
-    fetch_competition(DataConfig(source="kaggle"), tmp_path / "raw")
+    fetch_competition(DataConfig(source="kaggle", sample=SampleConfig(seed=7)), tmp_path / "raw")  # the sample's
     assert calls == ["authenticate", ("download", "cifar-10")]  # the second run asked Kaggle nothing
     (tmp_path / "raw" / "test.7z").write_bytes(b"")
     fetch_competition(DataConfig(source="kaggle"), tmp_path / "raw")
@@ -437,9 +437,10 @@ def test_interrupted_kaggle_download_leaves_nothing_behind_and_a_rerun_succeeds(
         assert (tmp_path / "raw" / "train.7z").read_bytes() == z.read("train.7z")
 
 
-def test_a_replaced_local_zip_is_read_again_and_an_unchanged_one_is_not(sample_zip, tmp_path, caplog):
-    """data.source local: the folder's record holds the zip's size and mtime, so a corrected download at the same
-    data.path (params.yaml unchanged) is unpacked again; the settings stage writes the same identity for DVC."""
+def test_a_local_zip_is_read_on_every_run_and_its_record_holds_nothing_of_the_machine(sample_zip, tmp_path):
+    """data.source local: a corrected download at the same data.path (params.yaml unchanged) is unpacked again; the
+    settings stage's download.json, which DVC watches, holds the zip's size and mtime; the folder itself does not,
+    so two machines with the same zip write the same bytes (and share DVC's run-cache for the stages after)."""
     from pipeline.download import source_identity
     from pipeline.provenance import read_record
     from pipeline.sample import write_sample_competition
@@ -448,17 +449,15 @@ def test_a_replaced_local_zip_is_read_again_and_an_unchanged_one_is_not(sample_z
     shutil.copy(sample_zip, zip_path)
     data = DataConfig(source="local", path=str(zip_path))
     fetch_competition(data, tmp_path / "raw")
-    before = (tmp_path / "raw" / "trainLabels.csv").read_bytes()
+    first = {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()}
     identity = source_identity(data)
-    with caplog.at_level("INFO", logger="pipeline.download"):
-        fetch_competition(data, tmp_path / "raw")
-    assert "nothing to do" in caplog.text and source_identity(data) == identity
-    write_sample_competition(zip_path, 50, 10, seed=3)  # Kaggle's corrected files, downloaded to the same path
-    assert source_identity(data) != identity  # what DVC sees: the settings stage's download.json changes
-    caplog.clear()
+    os.utime(zip_path, ns=(0, 10**18))  # the same zip copied onto another machine: another mtime
+    assert source_identity(data) != identity  # what DVC sees: download.json changes, download runs
     fetch_competition(data, tmp_path / "raw")
-    assert "nothing to do" not in caplog.text
-    assert (tmp_path / "raw" / "trainLabels.csv").read_bytes() != before
+    assert {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()} == first  # and writes the same bytes
+    write_sample_competition(zip_path, 50, 10, seed=3)  # Kaggle's corrected files, downloaded to the same path
+    fetch_competition(data, tmp_path / "raw")
     assert (tmp_path / "raw" / "trainLabels.csv").read_text().count("\n") == 51
-    facts = read_record(tmp_path / "raw").facts
-    assert facts["source"] == source_identity(data)["source"] and facts["files"]["trainLabels.csv"]["size"] > 0
+    record = read_record(tmp_path / "raw")
+    assert record.settings == {"data.source": "local", "data.path": str(zip_path)}
+    assert record.facts["files"]["trainLabels.csv"]["size"] == (tmp_path / "raw" / "trainLabels.csv").stat().st_size

@@ -74,6 +74,7 @@ def test_a_stage_run_with_pipeline_timings_appends_its_label_and_seconds(tmp_pat
     assert [row["stage"] for row in rows] == ["download", "download"]
     # the first run wrote the sample competition, the second found it there and did nothing
     assert rows[0]["seconds"] > rows[1]["seconds"]
+    assert all(50 < row["peak_rss_mb"] < 4000 for row in rows)  # a Python process with numpy: tens of MB at least
     assert (
         stage_label(["/x/stages/train.py", "--backbone", "lite0", "--fold", "2", "--data", "d"]) == "train lite0 fold 2"
     )
@@ -85,8 +86,9 @@ def test_the_summary_adds_up_folds_and_reports_oof_accuracy_and_the_submission(t
 
     timings = tmp_path / "t.jsonl"
     timings.write_text("".join(json.dumps(row) + "\n" for row in [
-        {"stage": "extract", "seconds": 4.0}, {"stage": "train lite0 fold 0", "seconds": 30.0},
-        {"stage": "train lite0 fold 1", "seconds": 32.5}, {"stage": "predict lite0", "seconds": 5.0},
+        {"stage": "extract", "seconds": 4.0, "peak_rss_mb": 700}, {"stage": "train lite0 fold 0", "seconds": 30.0,
+        "peak_rss_mb": 2048}, {"stage": "train lite0 fold 1", "seconds": 32.5, "peak_rss_mb": 3072},
+        {"stage": "predict lite0", "seconds": 5.0, "peak_rss_mb": 1200},
     ]))  # fmt: skip
     metrics = tmp_path / "ensemble.json"
     metrics.write_text(json.dumps({
@@ -100,10 +102,10 @@ def test_the_summary_adds_up_folds_and_reports_oof_accuracy_and_the_submission(t
     lines = summary_lines(timings, metrics, submission, since=None)
     assert lines[2:] == [
         "host: X",
-        "wall time per stage (its own work; DVC adds a few s each):",
-        "  extract                                  4 s",
-        "  train lite0 (2 folds)                   62 s",
-        "  predict lite0                            5 s",
+        "wall time per stage (its own work; DVC adds a few s each) and its peak resident memory:",
+        "  extract                                  4 s    0.7 GB",
+        "  train lite0 (2 folds)                   62 s    3.0 GB",
+        "  predict lite0                            5 s    1.2 GB",
         "OOF accuracy (held-out folds):",
         "  lite0                              0.8123",
         "  lite1                              0.8000",
