@@ -61,8 +61,10 @@ GPUS ?= 0
 train: setup
 	python -m stages.train_parallel --devices '$(GPUS)'
 
+# One worker per core, a test file per worker (a module's fixtures are built once); the DVC end-to-end files
+# first (tests/conftest.py), the long ones, so that the others fill the other workers beside them.
 test: setup
-	python -m pytest
+	python -m pytest -n auto --dist loadfile
 
 lint: setup
 	ruff check pipeline stages tests benchmarks

@@ -33,7 +33,7 @@ import yaml
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
-from pipeline.batches import to_model_input
+from pipeline.batches import InputSpec, to_model_input
 from pipeline.competition import CLASSES, ZIP_NAME, read_id_label_csv
 from pipeline.host import describe_host
 from pipeline.models import create_backbone, input_spec
@@ -85,9 +85,11 @@ def build_competition(npz: Path, zip_path: Path, n_heldout: int, n_junk: int, se
 
 
 @torch.inference_mode()
-def pooled_features(model: torch.nn.Module, images: np.ndarray, size: int, batch_size: int = 128) -> np.ndarray:
-    """`(n, n_features)` global-pooled features at `size` px, the mean of the image's and its mirror's."""
-    spec = input_spec(model)
+def pooled_features(model: torch.nn.Module, images: np.ndarray, size: int, batch_size: int = 128,
+                    spec: InputSpec | None = None) -> np.ndarray:  # fmt: skip
+    """`(n, n_features)` global-pooled features at `size` px, the mean of the image's and its mirror's, the images
+    upscaled as `spec` says (default: the model's pretrained config)."""
+    spec = spec or input_spec(model)
     chunks = []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(images[start : start + batch_size])

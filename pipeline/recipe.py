@@ -77,11 +77,7 @@ def build_recipe(
     frozen_names, frozen_modules = freeze_lower_blocks(model, cfg.freeze_blocks)  # before the optimizer sees them
     if init_head is not None:
         init_head(model)
-    # With mixup (it pairs images: an odd last batch would go unmixed) or compile (a smaller last batch is another
-    # shape: a recompile every epoch), the last partial batch of an epoch is dropped, as timm's loader does; the
-    # shuffle differs every epoch, so every image is still seen
-    drop_last = (cfg.mixup > 0 or cfg.cutmix > 0 or cfg.compile) and n_train >= cfg.batch_size
-    updates_per_epoch = n_train // cfg.batch_size if drop_last else math.ceil(n_train / cfg.batch_size)
+    per_epoch = updates_per_epoch(n_train, cfg)
     fused = {"fused": True} if world.device.type == "cuda" and cfg.optimizer.lower() in ("adam", "adamw") else {}
     optimizer = create_optimizer_v2(
         model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -89,27 +85,39 @@ def build_recipe(
     )  # fmt: skip
     scheduler, _ = create_scheduler_v2(
         optimizer, sched="cosine", num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.lr * 0.01,
-        min_lr=cfg.lr * 0.01, step_on_epochs=False, updates_per_epoch=updates_per_epoch,
+        min_lr=cfg.lr * 0.01, step_on_epochs=False, updates_per_epoch=per_epoch,
     )  # fmt: skip
     scaler = torch.amp.GradScaler(world.device.type, enabled=autocast_dtype(world.device) == torch.float16)
     ema = None
     if cfg.ema_decay > 0:  # warm-up: early updates move the EMA fast, so the random head of step 1 does not linger
         ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True,
-                         warmup_power=ema_warmup_power(cfg.ema_decay, updates_per_epoch))  # fmt: skip
+                         warmup_power=ema_warmup_power(cfg.ema_decay, per_epoch))  # fmt: skip
     mixup = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
         mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
                       label_smoothing=cfg.label_smoothing, num_classes=model.num_classes)  # fmt: skip
     forward = wrap_for_world(batch_entry(model, cfg), cfg, world)
-    return Recipe(model, forward, optimizer, scheduler, scaler, ema, mixup, updates_per_epoch,
+    return Recipe(model, forward, optimizer, scheduler, scaler, ema, mixup, per_epoch,
                   frozen_names=frozen_names, frozen_modules=frozen_modules)  # fmt: skip
+
+
+def updates_per_epoch(n_train: int, cfg: TrainConfig) -> int:
+    """Optimizer updates an epoch of `n_train` images makes, in batches of `cfg.batch_size`."""
+    # With mixup (it pairs images: an odd last batch would go unmixed) or compile (a smaller last batch is another
+    # shape: a recompile every epoch), the last partial batch of an epoch is dropped, as timm's loader does; the
+    # shuffle differs every epoch, so every image is still seen
+    drop_last = (cfg.mixup > 0 or cfg.cutmix > 0 or cfg.compile) and n_train >= cfg.batch_size
+    return n_train // cfg.batch_size if drop_last else math.ceil(n_train / cfg.batch_size)
 
 
 def ema_warmup_power(decay: float, warmup_updates: int) -> float:
     """The power of timm's EMA warm-up (decay 1 - t^-power at update t) that reaches `decay` after `warmup_updates`
-    (the first epoch's), and holds it from there. timm's default 2/3 reaches 0.999 only after ~31,600 updates,
-    ten times a default fold's 3,130: any ema_decay above 0.9953 would then give the same run."""
-    return -math.log(1 - decay) / math.log(max(warmup_updates, 2))
+    (the first epoch's), or after the average's own window of 1 / (1 - decay) updates if that is longer, and holds it
+    from there. timm's default 2/3 reaches 0.999 only after ~31,600 updates, ten times a default fold's 3,130: any
+    ema_decay above 0.9953 would then give the same run. A power above 1 (a first epoch shorter than the window)
+    would keep the first updates, made at the warm-up's low learning rate, in the average for good; 1 is the plain
+    mean of every update so far."""
+    return min(1.0, -math.log(1 - decay) / math.log(max(warmup_updates, 2)))
 
 
 def freeze_lower_blocks(model: nn.Module, n_blocks: int) -> tuple[frozenset[str], tuple[nn.Module, ...]]:

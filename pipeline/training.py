@@ -166,15 +166,11 @@ def train_one_fold(
         candidates = {"raw": recipe.model} | ({"ema": recipe.ema.module} if recipe.ema is not None else {})
         return {kind: evaluate(model, epochs_done) for kind, model in candidates.items()}
 
-    def scored_after(epochs_done: int) -> bool:
-        """Held-out scoring costs as many forwards as an epoch of training: at the end, and every `eval_every`."""
-        return epochs_done == cfg.epochs or (cfg.eval_every > 0 and epochs_done % cfg.eval_every == 0)
-
     valid_logits = None
     with logging_redirect_tqdm():
         for epoch in range(start_epoch, cfg.epochs):
             train_loss = train_epoch(recipe, split, cfg, world, epoch, spec, name=name)
-            valid_logits = evaluate_both(epoch + 1) if scored_after(epoch + 1) else None
+            valid_logits = evaluate_both(epoch + 1) if scored_after(epoch + 1, cfg) else None
             if world.is_main:
                 row = {"epoch": epoch + 1, "lr": recipe.optimizer.param_groups[-1]["lr"], "train_loss": train_loss}
                 for kind, logits in (valid_logits or {}).items():
@@ -206,6 +202,12 @@ def train_one_fold(
         **{f"{kind}_accuracy": m["accuracy"] for kind, m in scored.items()},
     }
     return FoldResult(model, valid_logits[kept], metrics, history, world.is_main, resume_path)
+
+
+def scored_after(epochs_done: int, cfg: TrainConfig) -> bool:
+    """Whether the held-out images are scored after `epochs_done` epochs. Scoring costs as many forwards as an epoch
+    of training: at the end, and every `eval_every`."""
+    return epochs_done == cfg.epochs or (cfg.eval_every > 0 and epochs_done % cfg.eval_every == 0)
 
 
 def better_weights(scored: dict[str, dict[str, float]]) -> str:

@@ -49,3 +49,8 @@ def separable_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     palette = rng.integers(0, 256, size=(10, 3))
     images = palette[labels][:, None, None, :] + rng.normal(0, 10, size=(n, 32, 32, 3))
     return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.int64)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The DVC end-to-end files first: the longest, so that under `make test`'s workers the rest runs beside them."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)  # stable: file order kept within each

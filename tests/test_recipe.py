@@ -130,13 +130,22 @@ def test_freezing_more_blocks_than_the_model_has_says_how_many_it_has():
 
 
 def test_the_ema_reaches_its_configured_decay_after_the_first_epoch_and_holds_it():
-    """The default fold: 40,000 images in updates of 128 (313 an epoch), 10 epochs, ema_decay 0.999."""
-    cfg = TrainConfig(weights="scratch", image_size=32, ema_decay=0.999, batch_size=128, epochs=10)
+    """40,000 images in updates of 16 (2,500 an epoch, longer than the 1,000-update window of ema_decay 0.999)."""
+    cfg = TrainConfig(weights="scratch", image_size=32, ema_decay=0.999, batch_size=16, epochs=10)
     ema = build_recipe("test_resnet", cfg, 40_000, World()).ema
-    per_epoch = 313
+    per_epoch = 2500
     assert ema.get_decay(per_epoch) == pytest.approx(0.999, abs=1e-6)
     assert ema.get_decay(5 * per_epoch) == 0.999  # mid-run: the configured decay, not timm's warm-up value (0.9970)
-    assert 0.9 < ema.get_decay(per_epoch // 2) < 0.999  # still warming up in the first epoch
+    assert 0.99 < ema.get_decay(per_epoch // 2) < 0.999  # still warming up in the first epoch
     # another setting gives another run: 0.9995 is reached, not capped by the warm-up at 0.9953 as before
     other = build_recipe("test_resnet", dataclasses.replace(cfg, ema_decay=0.9995), 40_000, World()).ema
     assert other.get_decay(5 * per_epoch) == 0.9995 != ema.get_decay(5 * per_epoch)
+
+
+def test_an_epoch_shorter_than_the_ema_window_warms_up_as_the_mean_of_every_update():
+    """The default fold (313 updates of 128 an epoch) with ema_decay 0.999: the decay is 1 - 1/t, the mean of all
+    updates so far, until it reaches 0.999 at update 1,000; a faster warm-up would keep update 1 for good."""
+    cfg = TrainConfig(weights="scratch", image_size=32, ema_decay=0.999, batch_size=128, epochs=10)
+    ema = build_recipe("test_resnet", cfg, 40_000, World()).ema
+    assert [ema.get_decay(t) for t in (2, 10, 313)] == pytest.approx([1 / 2, 9 / 10, 312 / 313])
+    assert ema.get_decay(1000) == pytest.approx(0.999) and ema.get_decay(3 * 313 + 100) == 0.999

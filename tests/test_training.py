@@ -198,7 +198,7 @@ def test_gradient_accumulation_matches_the_full_batch():
 
 def test_full_recipe_keeps_the_better_of_raw_and_ema_and_says_which():
     cfg = TrainConfig(**{**CFG.__dict__, "epochs": 2, "mixup": 0.8, "cutmix": 1.0, "layer_decay_floor": 0.2,
-                            "drop_path": 0.1, "accumulate": 2, "ema_decay": 0.99})  # fmt: skip
+                            "drop_path": 0.1, "accumulate": 2, "ema_decay": 0.99, "eval_every": 1})  # fmt: skip
     split = make_split(96, 30)
     result = train_one_fold("test_efficientnet", split, cfg, CPU, name="t")
     metrics = result.metrics
