@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -49,6 +50,17 @@ def separable_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     palette = rng.integers(0, 256, size=(10, 3))
     images = palette[labels][:, None, None, :] + rng.normal(0, 10, size=(n, 32, 32, 3))
     return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.int64)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under `make test`'s one worker per core, each worker's torch computes on its share of the cores: two workers
+    with two threads each on two cores spin against each other (one cached-features test took 20x its time). The
+    stages the end-to-end tests start as subprocesses keep torch's default."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
