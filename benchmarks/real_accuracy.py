@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from pipeline.batches import InputSpec, to_model_input
 from pipeline.competition import CLASSES, ZIP_NAME, read_id_label_csv
 from pipeline.host import describe_host
 from pipeline.models import create_backbone, input_spec
+from pipeline.plan import make_demo_settings
 from pipeline.sample import draw_images, write_competition_zip
 from pipeline.scores import load_scores
 
@@ -49,18 +49,19 @@ DEFAULT_NPZ = REPO.parent / "shared" / "real_cifar" / "cifar10_train_4660.npz"
 QUICK_SETTINGS = ["train.epochs=1", "train.image_size=32"]  # after the demo's: they win
 
 
-def demo_settings(zip_path: Path) -> list[str]:
-    """The `-S` settings of `make demo DATA=<zip>`: the CPU recipe under test has one home, the Makefile."""
-    commands = subprocess.run(["make", "--dry-run", "demo", f"DATA={zip_path}"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout  # fmt: skip
-    words = shlex.split(next(line for line in commands.splitlines() if "dvc exp run" in line))
-    return [words[i + 1] for i, word in enumerate(words) if word == "-S"]
+def profile_probes(settings: list[str]) -> list[str]:
+    """`<model>@<px>` of each backbone the `-S` settings train, at the size they train it: the probes to beat."""
+    size = next(s.split("=", 1)[1] for s in reversed(settings) if s.startswith("train.image_size="))
+    backbones = yaml.safe_load(next(s.split("=", 1)[1] for s in reversed(settings) if s.startswith("+backbones=")))
+    return [f"{backbone['model']}@{backbone.get('image_size', size)}" for backbone in backbones.values()]
 
 
-def build_competition(npz: Path, zip_path: Path, n_heldout: int, n_junk: int, seed: int, n_use: int = 0) -> dict:
+def build_competition(npz: Path, zip_path: Path, n_heldout: int, n_junk: int, seed: int, n_use: int = 0,
+                      n_train: int = 0) -> dict:  # fmt: skip
     """Write the zip; returns the train/held-out arrays and the held-out images' test ids and labels.
 
-    `n_use` > 0 keeps a stratified subset of that many images first (for --quick).
+    `n_use` > 0 keeps a stratified subset of that many images first (for --quick); `n_train` > 0 keeps a
+    stratified subset of that many train images after the split, the held-out images unchanged (a learning curve).
     """
     with np.load(npz) as data:
         images, labels = data["images"], data["labels"].astype(np.int64)
@@ -71,6 +72,8 @@ def build_competition(npz: Path, zip_path: Path, n_heldout: int, n_junk: int, se
     train_idx, heldout_idx = train_test_split(
         np.arange(len(labels)), test_size=n_heldout, stratify=labels, random_state=seed
     )
+    if n_train and n_train < len(train_idx):
+        train_idx, _ = train_test_split(train_idx, train_size=n_train, stratify=labels[train_idx], random_state=seed)
     rng = np.random.default_rng(seed)
     junk = draw_images(rng.integers(0, len(CLASSES), n_junk), rng)
     order = rng.permutation(n_heldout + n_junk)  # test row order[i] holds image i of [held-out..., junk...]
@@ -121,7 +124,7 @@ def run_pipeline(zip_path: Path, workdir: Path, settings: list[str]) -> tuple[Pa
     """
     repo = committed_copy(workdir / "repo", yaml.safe_load((REPO / "params.yaml").read_text()))
     env = {**ENV, "PYTHONPATH": str(repo)}
-    all_settings = [*demo_settings(zip_path), *settings]
+    all_settings = [*make_demo_settings(REPO, str(zip_path)), *settings]
     cmd = ["dvc", "exp", "run", *[arg for s in all_settings for arg in ("-S", s)]]
     print("$", " ".join(cmd), flush=True)
     seconds: dict[str, float] = {}
@@ -157,8 +160,8 @@ def pipeline_results(repo: Path, data: dict) -> tuple[dict, dict]:
                           "heldout": float(np.mean(predicted == labels))}  # fmt: skip
     sub_ids, sub_labels = read_id_label_csv(repo / "artifacts/submission.csv")
     label_of_id = dict(zip(sub_ids.tolist(), sub_labels.tolist(), strict=True))
-    chosen = metrics["submission"]
-    rows[f"ensemble ({chosen['method']})"] = {
+    chosen = metrics["methods"][metrics["submitted"]]
+    rows[f"ensemble ({metrics['submitted']})"] = {
         "oof": chosen["accuracy"], "nested_cv": chosen["nested_cv_accuracy"],
         "heldout": float(np.mean([label_of_id[int(i)] == y for i, y in zip(ids, labels, strict=True)])),
     }  # fmt: skip
@@ -171,8 +174,8 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=900, help="real images held out as scored test images")
     parser.add_argument("--junk", type=int, default=900, help="junk test images among them (predict time grows)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--probes", default="tf_efficientnet_lite1@128,tf_efficientnet_lite2@128",
-                        help="comma-separated <efficientnet-lite>@<px>; empty: none")  # fmt: skip
+    parser.add_argument("--probes", help="comma-separated <efficientnet-lite>@<px>; empty: none"
+                        " (default: the recipe's backbones at its size)")  # fmt: skip
     parser.add_argument("--probe-c", type=float, default=0.1, help="LogisticRegression's inverse regularisation")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra -S, after the recipe's")
     parser.add_argument("--no-pipeline", action="store_true", help="the probes only")
@@ -182,8 +185,10 @@ def main() -> None:
 
     print(describe_host(), flush=True)
     n_use, heldout, junk = (600, 100, 50) if args.quick else (0, args.heldout, args.junk)
-    probes = ["tf_efficientnet_lite0@32"] if args.quick and args.probes else [p for p in args.probes.split(",") if p]
     settings = (QUICK_SETTINGS if args.quick else []) + args.set
+    if args.probes is None:
+        args.probes = ",".join(profile_probes([*make_demo_settings(REPO, ZIP_NAME), *settings]))
+    probes = ["tf_efficientnet_lite0@32"] if args.quick and args.probes else [p for p in args.probes.split(",") if p]
     with tempfile.TemporaryDirectory(prefix="real-accuracy-") as tmp:
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)

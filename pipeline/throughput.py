@@ -150,13 +150,14 @@ CPU_CLASS = CpuClass(
     "CPU", "CPU, 2-core AVX2 (AMD EPYC, no avx512f; fp32, channels_last)",
     whole=Rates(train=20 * 1.120e9, infer=_LOWER_CPU),
     cached=Rates(train=_UPPER_CPU, infer=_UPPER_CPU, lower=_LOWER_CPU),
-    source="measured on this host kind (README, Benchmarks): the frozen part, features@ tf_efficientnet_lite1 @128"
-    " (stem + 6 blocks, 0.295 GFLOP a view): 11,120 views (5,560 images and mirrors) in its 152 s stage of"
-    " benchmarks/real_accuracy.py, start-up included: ~80 views/s = 23.6 GFLOP/s, also taken for whole-model"
+    source="measured on this host kind (benchmarks/real_accuracy.py's 128 px profile, 2026-12-01): the frozen"
+    " part, features@ tf_efficientnet_lite1 @128 (stem + 6 blocks, 0.295 GFLOP a view): 11,120 views (5,560"
+    " images and mirrors) in its 152 s stage, start-up included: ~80 views/s = 23.6 GFLOP/s, also taken for whole-model"
     " forwards; training, tf_efficientnet_lite2 @128, batch 64 (benchmarks/train_throughput.py): the whole model"
     " 20 img/s x 1.12 GFLOP = 22.4 GFLOP/s, on cached features (6 blocks frozen) 305 img/s x 0.103 GFLOP ="
     " 31.5 GFLOP/s, also taken for its forwards (conservative: predict@'s 17 s for 10,800 of them, start-up"
-    " included, imply more). Other architectures may differ 2x; AVX-512 hosts are 2-4x faster",
+    " included, imply more). Other architectures may differ 2x; an Intel AVX-512 host was 2-4x faster, the AVX-512"
+    " Zen 4 host no faster (features@ tf_efficientnet_lite1 @160: 18-20 GFLOP/s)",
     uncertainty=0.5,
 )  # fmt: skip
 ALL_CLASSES = {**GPU_CLASSES, "CPU": CPU_CLASS}

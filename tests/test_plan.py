@@ -245,6 +245,11 @@ def test_readme_kaggle_profile_is_the_plans(committed, capsys):
     assert command in readme_block("plan-kaggle-t4-command")
 
 
+def test_readme_cpu_profile_is_the_plans(committed, capsys):
+    table = markdown(capsys, "--params", str(committed), "--demo-data", "cifar-10.zip", "--classes", "CPU")
+    assert readme_block("plan-cpu") == table, "update README.md's CPU table to:\n" + table
+
+
 def test_readme_variants_are_the_plans(committed, capsys):
     plan_stage.main(["--variants", "--params", str(committed)])
     table = capsys.readouterr().out.rstrip("\n")
