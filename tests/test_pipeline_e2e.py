@@ -169,7 +169,8 @@ def test_experiments_keep_their_metrics_and_one_backbones_setting_retrains_only_
     assert header[first : first + 2] == ["cv_accuracy", "submitted"], header[: first + 2]
     assert not {"ema_kept", "step", "raw_accuracy"} & set(header), header  # DVCLive's per-fold keys
     changed = sh_json(repo, "dvc", "metrics", "diff", "base", "faster", "--json")["artifacts/metrics/ensemble.json"]
-    assert "backbones.test_efficientnet.accuracy" in changed
+    # its log loss at least (a tiny model's OOF accuracy can tie on some hosts' arithmetic, as on a Zen 4 host)
+    assert any(key.startswith("backbones.test_efficientnet.") for key in changed), changed
     assert not any(key.startswith("backbones.tf_efficientnet_lite0.") for key in changed)  # the same metrics
     params = sh_json(repo, "dvc", "exp", "diff", "base", "faster", "--json")["params"]["params.yaml"]
     assert params["backbones.test_efficientnet.lr"]["new"] == 1.0e-2
