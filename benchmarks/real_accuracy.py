@@ -36,7 +36,7 @@ from pipeline.batches import InputSpec, to_model_input
 from pipeline.competition import CLASSES, ZIP_NAME, read_id_label_csv
 from pipeline.host import describe_host
 from pipeline.models import create_backbone, input_spec
-from pipeline.plan import make_demo_settings
+from pipeline.plan import load_planned_config, make_demo_settings
 from pipeline.sample import draw_images, write_competition_zip
 from pipeline.scores import load_scores
 
@@ -49,11 +49,10 @@ DEFAULT_NPZ = REPO.parent / "shared" / "real_cifar" / "cifar10_train_4660.npz"
 QUICK_SETTINGS = ["train.epochs=1", "train.image_size=32"]  # after the demo's: they win
 
 
-def profile_probes(settings: list[str]) -> list[str]:
-    """`<model>@<px>` of each backbone the `-S` settings train, at the size they train it: the probes to beat."""
-    size = next(s.split("=", 1)[1] for s in reversed(settings) if s.startswith("train.image_size="))
-    backbones = yaml.safe_load(next(s.split("=", 1)[1] for s in reversed(settings) if s.startswith("+backbones=")))
-    return [f"{backbone['model']}@{backbone.get('image_size', size)}" for backbone in backbones.values()]
+def profile_probes(settings: list[str], params: Path = REPO / "params.yaml") -> list[str]:
+    """`<model>@<px>` of each backbone `params` with the `-S` settings trains, at its size: the probes to beat."""
+    backbones = load_planned_config(params, settings).backbones.values()
+    return [f"{backbone.model}@{backbone.train.image_size}" for backbone in backbones]
 
 
 def build_competition(npz: Path, zip_path: Path, n_heldout: int, n_junk: int, seed: int, n_use: int = 0,

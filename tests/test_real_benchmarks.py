@@ -95,6 +95,10 @@ def test_the_benchmark_reads_the_held_out_accuracy_from_what_the_stages_write(be
 
 def test_the_probes_are_the_recipes_backbones_at_the_size_each_trains_at(bench):
     _, real = bench
-    settings = ["train.image_size=96", "+backbones={a: {model: m1}, b: {model: m2, image_size: 64}}",
-                "train.epochs=5", "train.image_size=160"]  # fmt: skip
-    assert real.profile_probes(settings) == ["m1@160", "m2@64"]
+    settings = [
+        "train.image_size=96",
+        "~backbones",
+        "train.image_size=160",
+        "+backbones={a: {model: tf_efficientnet_lite0}, b: {model: tf_efficientnet_lite1, image_size: 64}}",
+    ]
+    assert real.profile_probes(settings) == ["tf_efficientnet_lite0@160", "tf_efficientnet_lite1@64"]
